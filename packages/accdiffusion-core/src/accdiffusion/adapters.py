@@ -1,0 +1,202 @@
+"""Model adapters: the one place that knows a model family's conventions.
+
+An adapter wraps a loaded diffusers pipeline and gives the sampler a uniform
+surface: text encoding, a UNet call with the family's extra conditioning,
+VAE encode/decode, the prompt's word tokens. The built-in adapters (SDXL and
+SD 1.5 / 2.1) claim pipelines through the ``accdiffusion_adapt_pipeline``
+hook like any plugin's adapter would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Optional, Sequence
+
+import torch
+
+from .plugins import hookimpl
+from .types import Conditioning
+
+
+class ModelAdapter:
+    """Uniform access to a text-to-image latent diffusion pipeline.
+
+    Subclasses set :attr:`family` and implement :meth:`encode_prompts` and
+    :meth:`predict`.
+    """
+
+    family = "base"
+
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+        self.unet = pipeline.unet
+        self.vae = pipeline.vae
+        self.tokenizer = pipeline.tokenizer
+        self.vae_scale_factor = int(getattr(pipeline, "vae_scale_factor", 8))
+        self.latent_channels = int(self.unet.config.in_channels)
+        self.native_size = int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipeline._execution_device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    # -- text ---------------------------------------------------------------
+
+    def word_tokens(self, prompt: str) -> tuple[str, ...]:
+        """The prompt's tokens without BOS/EOS, one decoded string per token.
+
+        Tokens beyond the text encoder's window (77) are dropped, as the model
+        never sees them.
+        """
+        ids = self.tokenizer(prompt, truncation=True, max_length=self.tokenizer.model_max_length).input_ids
+        return tuple(self.tokenizer.decode([i]) for i in ids[1:-1])
+
+    def prompt_token_count(self, prompt: str) -> int:
+        """Number of tokens of ``prompt`` including BOS/EOS, untruncated."""
+        return len(self.tokenizer(prompt).input_ids)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+        """Conditioning rows for ``prompts``."""
+        raise NotImplementedError
+
+    def encode_negative(self, prompt: str, negative_prompt: str) -> Conditioning:
+        """The unconditional row for classifier-free guidance."""
+        raise NotImplementedError
+
+    # -- denoising ----------------------------------------------------------
+
+    def predict(
+        self,
+        latents: torch.Tensor,
+        timestep: Any,
+        cond: Conditioning,
+        crops_top_left: Optional[torch.Tensor],
+        target_size: tuple[int, int],
+    ) -> torch.Tensor:
+        """The UNet's raw output for scheduler-scaled ``latents`` (one row of ``cond`` each)."""
+        raise NotImplementedError
+
+    # -- codec --------------------------------------------------------------
+
+    def encode_images(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Images ``(N, 3, H, W)`` in ``[-1, 1]`` to scaled latents (the distribution's mode)."""
+        vae = self.vae
+        with self._vae_precision() as dtype:
+            dist = vae.encode(images.to(self.device, dtype)).latent_dist
+            latents = dist.mode().float()
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return (latents - shift) * vae.config.scaling_factor
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents to images ``(N, 3, H, W)`` in ``[-1, 1]`` (float32, on the CPU).
+
+        Decoding is tiled when the image is larger than 2048 px on a side and
+        the VAE supports tiling; it runs in float32 when the VAE asks for it
+        (``force_upcast``, e.g. SDXL's VAE in float16).
+        """
+        vae = self.vae
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        z = latents / vae.config.scaling_factor + shift
+        side = max(z.shape[-2:]) * self.vae_scale_factor
+        tiled = side > 2048 and hasattr(vae, "enable_tiling")
+        if tiled:
+            vae.enable_tiling()
+        try:
+            with self._vae_precision() as dtype:
+                image = vae.decode(z.to(self.device, dtype), return_dict=False)[0]
+        finally:
+            if tiled:
+                vae.disable_tiling()
+        return image.float().clamp(-1, 1).cpu()
+
+    @contextlib.contextmanager
+    def _vae_precision(self):
+        vae = self.vae
+        dtype = next(vae.parameters(), torch.empty(0)).dtype
+        upcast = dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+        if upcast:
+            vae.to(torch.float32)
+        try:
+            yield torch.float32 if upcast else dtype
+        finally:
+            if upcast:
+                vae.to(dtype)
+
+
+class SDXLAdapter(ModelAdapter):
+    """SDXL: two text encoders, pooled embeddings, micro-conditioning time ids.
+
+    ``original_size = target_size =`` the final image size for every phase, as
+    in the release; ``crops_coords_top_left`` is ``(0, 0)`` except for local
+    windows.
+    """
+
+    family = "sdxl"
+
+    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+        embeds, _, pooled, _ = self.pipeline.encode_prompt(
+            prompt=list(prompts), device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
+        return Conditioning(embeds, pooled)
+
+    def encode_negative(self, prompt: str, negative_prompt: str) -> Conditioning:
+        _, neg, _, neg_pooled = self.pipeline.encode_prompt(
+            prompt=[prompt], device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=True,
+            negative_prompt=[negative_prompt],
+        )
+        return Conditioning(neg, neg_pooled)
+
+    def predict(self, latents, timestep, cond, crops_top_left, target_size):
+        n = latents.shape[0]
+        h, w = target_size
+        time_ids = torch.tensor([h, w, 0, 0, h, w], dtype=torch.float32).repeat(n, 1)
+        if crops_top_left is not None:
+            time_ids[:, 2:4] = crops_top_left.float()
+        dtype = self.dtype
+        added = {
+            "text_embeds": cond.pooled.to(self.device, dtype),
+            "time_ids": time_ids.to(self.device, dtype),
+        }
+        out = self.unet(
+            latents.to(self.device, dtype), timestep, encoder_hidden_states=cond.embeds.to(self.device, dtype),
+            added_cond_kwargs=added, return_dict=False,
+        )[0]
+        return out.float()
+
+
+class SDAdapter(ModelAdapter):
+    """SD 1.x / 2.x: one text encoder, no added conditioning (epsilon or v prediction)."""
+
+    family = "sd"
+
+    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+        embeds, _ = self.pipeline.encode_prompt(list(prompts), self.device, 1, False)
+        return Conditioning(embeds)
+
+    def encode_negative(self, prompt: str, negative_prompt: str) -> Conditioning:
+        _, neg = self.pipeline.encode_prompt([prompt], self.device, 1, True, negative_prompt=[negative_prompt])
+        return Conditioning(neg)
+
+    def predict(self, latents, timestep, cond, crops_top_left, target_size):
+        dtype = self.dtype
+        out = self.unet(
+            latents.to(self.device, dtype), timestep, encoder_hidden_states=cond.embeds.to(self.device, dtype),
+            return_dict=False,
+        )[0]
+        return out.float()
+
+
+@hookimpl(trylast=True)
+def accdiffusion_adapt_pipeline(pipeline: Any, settings: Any) -> Optional[ModelAdapter]:
+    """Claim diffusers' SDXL and SD pipelines (and subclasses)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if isinstance(pipeline, StableDiffusionXLPipeline):
+        return SDXLAdapter(pipeline)
+    if isinstance(pipeline, StableDiffusionPipeline):
+        return SDAdapter(pipeline)
+    return None

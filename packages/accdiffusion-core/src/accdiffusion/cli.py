@@ -1,0 +1,184 @@
+"""The ``accdiffusion`` command line.
+
+``accdiffusion generate PROMPT`` runs one image and writes a run folder
+(image, JSON record, optional stage images, attention and patch-prompt
+pictures); ``accdiffusion plugins`` lists the installed stages and models.
+Every flag's default is shown by ``--help``; they come from :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+import attrs
+
+from .errors import AccDiffusionError
+from .settings import DTYPES, OFFLOAD, SCHEDULERS, Settings
+
+_DEFAULTS = {f.name: f.default for f in attrs.fields(Settings) if f.default is not attrs.NOTHING}
+
+_HELP = {
+    "negative_prompt": "negative prompt for classifier-free guidance",
+    "height": "target height in px (default: scale x native size)",
+    "width": "target width in px (default: scale x native size)",
+    "scale": "target size as a multiple of the native size, when height/width are not given",
+    "steps": "denoising steps per phase",
+    "seed": "random seed (default: drawn at random and saved in the record)",
+    "guidance_scale": "CFG scale of phase 1 and the global (dilated) path",
+    "multi_guidance_scale": "CFG scale of the local windows",
+    "c": "patch-prompt threshold: a word joins a window when this share of it is covered (eq. 8)",
+    "stride": "local window stride in latent px (default: half the native latent size)",
+    "view_batch_size": "windows / dilated samples per UNet batch",
+    "cosine_scale_1": "skip-residual exponent cs1",
+    "cosine_scale_2": "local/global fusion exponent cs2",
+    "cosine_scale_3": "Gaussian-smoothing exponent cs3",
+    "sigma": "Gaussian smoothing sigma of the dilated path",
+    "progressive": "upscale one scale at a time (off: jump straight to the target)",
+    "skip_residual": "blend in the noise-inverted upscaled latents (DemoFusion skip residual)",
+    "local_path": "the local path (MultiDiffusion windows)",
+    "jitter": "random jitter of the local windows",
+    "gaussian_smoothing": "Gaussian smoothing of the dilated path's input",
+    "scheduler": "scheduler; 'default' keeps the model's own",
+    "prompt_decomposer": "patch prompt stage (see `accdiffusion plugins`)",
+    "tiler": "local window tiler stage",
+    "global_guidance": "global path stage; 'none' switches it off",
+    "upscaler": "latent upscaler stage",
+    "attention_factor": "read cross-attention at 1/this of the latent side",
+    "attention_strength": "with --image: share of the schedule re-noised to read attention maps",
+    "dtype": "model precision",
+    "device": "torch device, e.g. cpu, cuda, cuda:1, mps",
+    "offload": "CPU offload of model components (needs accelerate)",
+    "save_stages": "also save the image of every phase",
+}
+
+_CHOICES = {"scheduler": SCHEDULERS, "dtype": DTYPES, "offload": OFFLOAD}
+
+
+def _kv(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    k, v = text.split("=", 1)
+    return k.strip(), v.strip()
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` except where the help text explains a missing default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default == [] or action.default is False and action.nargs == 0:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="accdiffusion",
+        description="Training-free higher-resolution image generation: AccDiffusion on DemoFusion.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    fmt = _HelpFormatter
+    gen = sub.add_parser("generate", help="generate one image", formatter_class=fmt,
+                         description="Generate one image at a multiple of the model's native size.")
+    gen.add_argument("prompt", help="the text prompt (may be empty)")
+    gen.add_argument("--model", default=None,
+                     help="registered model name, diffusers folder, single-file checkpoint or hub id "
+                          "(default: the installed 'shapes' model)")
+    gen.add_argument("--image", default=None, help="upscale this image instead of generating phase 1")
+    gen.add_argument("--output", "-o", default="outputs", help="output folder; each run writes a subfolder")
+    gen.add_argument("--name", default=None, help="run subfolder name (default: time and seed)")
+    gen.add_argument("--no-pictures", action="store_true", help="skip attention-map and patch-prompt pictures")
+    gen.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    gen.add_argument("--option", action="append", type=_kv, default=[], metavar="KEY=VALUE",
+                     help="free-form option for third-party stages (repeatable)")
+    for f in attrs.fields(Settings):
+        if f.name in ("prompt", "plugin_options"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = _DEFAULTS.get(f.name)
+        kwargs: dict[str, Any] = {"default": default, "help": _HELP.get(f.name, f.name)}
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif f.name in _CHOICES:
+            kwargs["choices"] = _CHOICES[f.name]
+        elif f.name in ("height", "width", "seed", "stride") or isinstance(default, int):
+            kwargs["type"] = int
+        elif isinstance(default, float):
+            kwargs["type"] = float
+        gen.add_argument(flag, **kwargs)
+    sub.add_parser("plugins", help="list installed stage plugins and models", formatter_class=fmt)
+    return parser
+
+
+def _progress(quiet: bool):
+    if quiet:
+        return None
+    from tqdm.auto import tqdm
+
+    return lambda desc, total: tqdm(total=total, desc=desc, unit="step", leave=True, file=sys.stderr)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .api import generate
+    from .output import write_run
+    from .plugins import PluginHost
+
+    options = {f.name: getattr(args, f.name) for f in attrs.fields(Settings)
+               if f.name not in ("prompt", "plugin_options")}
+    options["plugin_options"] = dict(args.option)
+    host = PluginHost()
+    result = generate(args.prompt, model=args.model, image=args.image, host=host,
+                      progress=_progress(args.quiet), **options)
+    settings = Settings(prompt=args.prompt, **options)
+    decomposer = host.create("prompt_decomposer", settings.prompt_decomposer, settings)
+    name = args.name or time.strftime("%Y%m%d-%H%M%S") + f"-seed{result.seed}"
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name.startswith("."):
+        raise AccDiffusionError(f"--name {name!r} is not allowed: letters, digits, '.', '_' and '-', not starting with '.'")
+    folder = write_run(result, args.output, name, attention_pictures=not args.no_pictures,
+                       prompt_decomposer=decomposer)
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(folder / "image.png")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from .plugins import NO_GLOBAL_GUIDANCE, PluginHost
+    from .stages import STAGES
+
+    host = PluginHost()
+    for stage in STAGES:
+        default = _DEFAULTS[stage]
+        print(f"{stage}:")
+        for reg in host.registry.registrations(stage):
+            mark = "*" if reg.name == default else " "
+            print(f"  {mark} {reg.name:<22} {reg.description}  [{reg.plugin}]")
+        if stage == "global_guidance":
+            print(f"    {NO_GLOBAL_GUIDANCE:<22} switch the global path off (MultiDiffusion with skip residual)")
+    print("models:")
+    for name, reg in sorted(host.registry.models.items()):
+        print(f"    {name:<22} {reg.description or reg.target}  [{reg.plugin}]")
+    print("(* = default)")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "generate":
+            return cmd_generate(args)
+        return cmd_plugins(args)
+    except AccDiffusionError as exc:
+        print(f"accdiffusion: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("accdiffusion: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,19 @@
+"""Errors raised for bad input, before any model work starts."""
+
+from __future__ import annotations
+
+
+class AccDiffusionError(Exception):
+    """Base class of the errors this package raises on purpose."""
+
+
+class SettingsError(AccDiffusionError, ValueError):
+    """A setting has a value that is not allowed; the message names both."""
+
+
+class PluginError(AccDiffusionError, LookupError):
+    """A stage name is unknown or a plugin breaks the hook contract."""
+
+
+class ModelError(AccDiffusionError):
+    """A model location cannot be loaded as a supported pipeline."""

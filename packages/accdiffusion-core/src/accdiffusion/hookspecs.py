@@ -1,0 +1,85 @@
+"""Hook specifications: the contract between the core and its plugins.
+
+Plugins implement these with :data:`accdiffusion.hookimpl` and are found through
+the ``accdiffusion`` entry-point group. The default AccDiffusion stages are
+plugins registered exactly like third-party ones.
+
+Registration hooks run once when a plugin manager is built; they add named
+*factories* to the run's registry. A factory is called once per run with the
+run's :class:`accdiffusion.Settings` and returns a stage object (see
+:mod:`accdiffusion.stages`). Hooks are grouped by when they matter:
+
+* model loading: :func:`accdiffusion_register_models`, :func:`accdiffusion_adapt_pipeline`
+* stage registration: one hook per stage.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import pluggy
+
+PROJECT = "accdiffusion"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+
+
+# -- model loading -----------------------------------------------------------
+
+
+@hookspec
+def accdiffusion_register_models(register) -> None:
+    """Register named models.
+
+    Call ``register(name, location, description="")`` where ``location`` is a
+    hub id, a local diffusers folder or a single-file checkpoint. ``accdiffusion
+    generate --model NAME`` then loads ``location``; the model named ``shapes``
+    is the default when installed.
+    """
+
+
+@hookspec(firstresult=True)
+def accdiffusion_adapt_pipeline(pipeline: Any, settings: Any) -> Optional[Any]:
+    """Claim a loaded diffusers pipeline by returning a model adapter.
+
+    Return an :class:`accdiffusion.adapters.ModelAdapter` for ``pipeline``, or
+    ``None`` to let the next plugin try. The first non-``None`` answer wins;
+    plugins registered later are asked first, so a plugin can override the
+    built-in SDXL and SD adapters.
+    """
+
+
+# -- stage registration ------------------------------------------------------
+
+
+@hookspec
+def accdiffusion_register_prompt_decomposers(register) -> None:
+    """Register prompt decomposers: ``register(name, factory, description="")``.
+
+    ``factory(settings)`` returns a :class:`accdiffusion.stages.PromptDecomposer`.
+    """
+
+
+@hookspec
+def accdiffusion_register_tilers(register) -> None:
+    """Register local-window tilers: ``register(name, factory, description="")``.
+
+    ``factory(settings)`` returns a :class:`accdiffusion.stages.Tiler`.
+    """
+
+
+@hookspec
+def accdiffusion_register_global_guidances(register) -> None:
+    """Register global-path strategies: ``register(name, factory, description="")``.
+
+    ``factory(settings)`` returns a :class:`accdiffusion.stages.GlobalGuidance`.
+    The name ``none`` is reserved: it switches the global path off.
+    """
+
+
+@hookspec
+def accdiffusion_register_upscalers(register) -> None:
+    """Register latent upscalers: ``register(name, factory, description="")``.
+
+    ``factory(settings)`` returns a :class:`accdiffusion.stages.Upscaler`.
+    """

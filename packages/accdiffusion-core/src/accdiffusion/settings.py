@@ -1,0 +1,194 @@
+"""Every setting of a run, with its default, in one place.
+
+The defaults are those of the AccDiffusion release (which users compare
+against), minus its bugs; ``docs/options.md`` lists them with their CLI flags.
+:class:`Settings` validates each value on construction and raises
+:class:`~accdiffusion.errors.SettingsError` naming the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Optional
+
+import attrs
+
+from .errors import SettingsError
+
+DEFAULT_NEGATIVE_PROMPT = "blurry, ugly, duplicate, poorly drawn, deformed, mosaic"
+DTYPES = ("float32", "float16", "bfloat16")
+SCHEDULERS = ("default", "euler", "euler_ancestral", "ddim", "dpmpp", "unipc")
+OFFLOAD = ("none", "model", "sequential")
+
+
+def _check(cond: bool, name: str, value: Any, allowed: str) -> None:
+    if not cond:
+        raise SettingsError(f"{name}={value!r} is not allowed: {allowed}")
+
+
+def _positive_int(name: str):
+    def check(_inst, _attr, value):
+        _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name, value, "an integer >= 1")
+
+    return check
+
+
+def _nonneg_float(name: str):
+    def check(_inst, _attr, value):
+        _check(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, name, value, "a finite number >= 0")
+
+    return check
+
+
+def _optional_size(name: str):
+    def check(_inst, _attr, value):
+        if value is None:
+            return
+        _check(isinstance(value, int) and not isinstance(value, bool) and value > 0 and value % 8 == 0,
+               name, value, "a positive multiple of 8 (image pixels)")
+
+    return check
+
+
+def _choice(name: str, choices: tuple[str, ...]):
+    def check(_inst, _attr, value):
+        _check(value in choices, name, value, f"one of {', '.join(choices)}")
+
+    return check
+
+
+def _stage_name(name: str):
+    def check(_inst, _attr, value):
+        _check(isinstance(value, str) and value != "", name, value, "a registered plugin name (see `accdiffusion plugins`)")
+
+    return check
+
+
+def _threshold(_inst, _attr, value):
+    _check(isinstance(value, (int, float)) and 0 < value < 1, "c", value, "a number strictly between 0 and 1")
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """The settings of one run.
+
+    Sizes are in image pixels; ``height``/``width`` default to ``scale`` times
+    the model's native size. ``seed=None`` draws a seed, which the run record
+    keeps. Stage fields name registered plugins; ``plugin_options`` carries
+    free-form ``key=value`` options for third-party stages.
+    """
+
+    prompt: str = attrs.field(validator=attrs.validators.instance_of(str))
+    negative_prompt: str = attrs.field(default=DEFAULT_NEGATIVE_PROMPT, validator=attrs.validators.instance_of(str))
+    height: Optional[int] = attrs.field(default=None, validator=_optional_size("height"))
+    width: Optional[int] = attrs.field(default=None, validator=_optional_size("width"))
+    scale: int = attrs.field(default=2, validator=_positive_int("scale"))
+    steps: int = attrs.field(default=50, validator=_positive_int("steps"))
+    seed: Optional[int] = attrs.field(default=None)
+    guidance_scale: float = attrs.field(default=7.5, validator=_nonneg_float("guidance_scale"))
+    multi_guidance_scale: float = attrs.field(default=7.5, validator=_nonneg_float("multi_guidance_scale"))
+    c: float = attrs.field(default=0.3, validator=_threshold)
+    stride: Optional[int] = attrs.field(default=None)
+    view_batch_size: int = attrs.field(default=16, validator=_positive_int("view_batch_size"))
+    cosine_scale_1: float = attrs.field(default=3.0, validator=_nonneg_float("cosine_scale_1"))
+    cosine_scale_2: float = attrs.field(default=1.0, validator=_nonneg_float("cosine_scale_2"))
+    cosine_scale_3: float = attrs.field(default=1.0, validator=_nonneg_float("cosine_scale_3"))
+    sigma: float = attrs.field(default=0.8, validator=_nonneg_float("sigma"))
+    progressive: bool = True
+    skip_residual: bool = True
+    local_path: bool = True
+    jitter: bool = True
+    gaussian_smoothing: bool = True
+    scheduler: str = attrs.field(default="default", validator=_choice("scheduler", SCHEDULERS))
+    prompt_decomposer: str = attrs.field(default="cross_attention", validator=_stage_name("prompt_decomposer"))
+    tiler: str = attrs.field(default="sliding_window", validator=_stage_name("tiler"))
+    global_guidance: str = attrs.field(default="window_interaction", validator=_stage_name("global_guidance"))
+    upscaler: str = attrs.field(default="bicubic_latent", validator=_stage_name("upscaler"))
+    attention_factor: int = attrs.field(default=4, validator=_positive_int("attention_factor"))
+    attention_strength: float = attrs.field(default=0.3)
+    dtype: str = attrs.field(default="float32", validator=_choice("dtype", DTYPES))
+    device: str = "cpu"
+    offload: str = attrs.field(default="none", validator=_choice("offload", OFFLOAD))
+    save_stages: bool = False
+    plugin_options: Mapping[str, str] = attrs.field(factory=dict, converter=lambda m: dict(m))
+
+    @seed.validator
+    def _seed(self, _attr, value):
+        if value is not None:
+            _check(isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63,
+                   "seed", value, "an integer in [0, 2**63) or None")
+
+    @stride.validator
+    def _stride(self, _attr, value):
+        if value is not None:
+            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                   "stride", value, "an integer >= 1 (latent pixels), at most the window size")
+
+    @attention_strength.validator
+    def _strength(self, _attr, value):
+        _check(isinstance(value, (int, float)) and 0 < value <= 1, "attention_strength", value,
+               "a number in (0, 1]")
+
+    def __attrs_post_init__(self) -> None:
+        if not self.local_path and self.global_guidance == "none":
+            raise SettingsError("local_path=False with global_guidance='none' leaves nothing to sample: "
+                                "keep the local path or choose a global guidance")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form for the run record."""
+        return attrs.asdict(self)
+
+
+@attrs.frozen
+class Plan:
+    """Sizes of every phase, resolved against a model's native size.
+
+    ``native``: native image size; ``factor``: ``S``; ``latent_sizes[k]``: the
+    latent ``(h, w)`` of phase ``scales[k]``; ``window``: native latent size;
+    ``stride``: local-path stride in latent pixels.
+    """
+
+    height: int
+    width: int
+    native: int
+    vae_scale_factor: int
+    factor: int
+    scales: tuple[int, ...]
+    latent_sizes: tuple[tuple[int, int], ...]
+    window: int
+    stride: int
+
+    def latent_size(self, scale: int) -> tuple[int, int]:
+        return self.latent_sizes[self.scales.index(scale)]
+
+
+def plan_sizes(settings: Settings, native: int, vae_scale_factor: int) -> Plan:
+    """Resolve the phases of a run (method section 0).
+
+    ``S = floor(max(H, W) / native)``; phase 1 runs at ``(H/S, W/S)``; phase
+    ``s`` at ``s/S`` of the target, the last one exactly at the target size.
+    Raises :class:`SettingsError` for a size below the native size or a stride
+    larger than the window.
+    """
+    height = settings.height if settings.height is not None else settings.scale * native
+    width = settings.width if settings.width is not None else settings.scale * native
+    for name, value in (("height", height), ("width", width)):
+        _check(value % vae_scale_factor == 0 and value % 8 == 0, name, value,
+               f"a multiple of 8 and of the VAE factor {vae_scale_factor}")
+        _check(value >= native, name, value, f"at least the model's native size {native} px")
+    factor = max(height, width) // native
+    window = native // vae_scale_factor
+    stride = settings.stride if settings.stride is not None else window // 2
+    _check(stride <= window, "stride", stride, f"at most the window size {window} latent px")
+    lat_h, lat_w = height // vae_scale_factor, width // vae_scale_factor
+    if settings.progressive:
+        scales = tuple(range(1, factor + 1))
+    else:
+        scales = (1, factor) if factor > 1 else (1,)
+
+    def size(s: int) -> tuple[int, int]:
+        if s == factor:
+            return (lat_h, lat_w)
+        return (max(1, round(lat_h * s / factor)), max(1, round(lat_w * s / factor)))
+
+    return Plan(height, width, native, vae_scale_factor, factor, scales, tuple(size(s) for s in scales), window, stride)

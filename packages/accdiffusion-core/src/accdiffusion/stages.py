@@ -1,0 +1,97 @@
+"""The four stage interfaces a plugin can implement.
+
+A *stage object* is created once per run by a factory registered through the
+hooks in :mod:`accdiffusion.hookspecs` (or passed directly to the sampler).
+Stage objects may keep state between steps of one run; they never keep state
+between runs.
+
+Each protocol names the paper's part it stands for:
+
+* :class:`PromptDecomposer`: patch-content-aware prompts (AccDiffusion eq. 5-8).
+* :class:`Tiler`: the local path's windows (MultiDiffusion views, DemoFusion jitter).
+* :class:`GlobalGuidance`: the global path (DemoFusion dilated sampling,
+  AccDiffusion window interaction).
+* :class:`Upscaler`: latent upscaling between phases (DemoFusion progressive upscaling).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Protocol, runtime_checkable
+
+import torch
+
+from .types import DecomposeRequest, GuidanceRequest, PatchPrompts, WindowLayout
+
+STAGES: tuple[str, ...] = ("prompt_decomposer", "tiler", "global_guidance", "upscaler")
+
+
+@runtime_checkable
+class PromptDecomposer(Protocol):
+    """Gives every local window its own prompt."""
+
+    #: Whether phase 1 must record cross-attention maps for this decomposer.
+    needs_attention: bool
+
+    def decompose(self, request: DecomposeRequest) -> PatchPrompts:
+        """One prompt per window of ``request.layout``, in window order."""
+        ...
+
+
+@runtime_checkable
+class Tiler(Protocol):
+    """Lays out the local path's windows on a latent canvas."""
+
+    def layout(
+        self,
+        height: int,
+        width: int,
+        window: int,
+        stride: int,
+        generator: Optional[torch.Generator],
+    ) -> WindowLayout:
+        """Windows of ``window x window`` (clipped to the canvas where it is
+        smaller) covering every pixel of a ``height x width`` latent canvas."""
+        ...
+
+
+@runtime_checkable
+class GlobalGuidance(Protocol):
+    """The global path: a guided model output for the whole canvas."""
+
+    def predict(self, request: GuidanceRequest) -> torch.Tensor:
+        """Guided model output with the shape of ``request.latents``."""
+        ...
+
+
+class LatentCodec(Protocol):
+    """Encodes images to latents and back (the model adapter provides it)."""
+
+    vae_scale_factor: int
+
+    def encode_images(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Images ``(N, 3, H, W)`` in ``[-1, 1]`` to scaled latents."""
+        ...
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents to images ``(N, 3, H, W)`` in ``[-1, 1]``."""
+        ...
+
+
+@runtime_checkable
+class Upscaler(Protocol):
+    """Brings the previous phase's latents to the next phase's size."""
+
+    def upscale(self, latents: torch.Tensor, size: tuple[int, int], codec: LatentCodec) -> torch.Tensor:
+        """Latents ``(1, C, h, w)`` resized to ``(1, C, *size)`` (latent pixels)."""
+        ...
+
+
+#: A factory registered for a stage: builds the stage object from the run's settings.
+StageFactory = Callable[["object"], object]
+
+PROTOCOLS: dict[str, type] = {
+    "prompt_decomposer": PromptDecomposer,
+    "tiler": Tiler,
+    "global_guidance": GlobalGuidance,
+    "upscaler": Upscaler,
+}

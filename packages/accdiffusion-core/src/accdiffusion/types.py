@@ -1,0 +1,192 @@
+"""Frozen values passed between the stages of a run.
+
+Every value here is immutable (``attrs`` frozen classes); derive new ones with
+:func:`attrs.evolve`. Tensor fields compare by identity (``eq=False``).
+Coordinates are in *latent pixels* unless a name says otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import attrs
+import torch
+
+
+@attrs.frozen
+class Window:
+    """One local patch (a MultiDiffusion *view*) on a canvas.
+
+    ``top``/``left`` are measured on the tiler's *padded* canvas (see
+    :class:`WindowLayout.pad`); ``height``/``width`` are the window's size.
+    """
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+    @property
+    def bottom(self) -> int:
+        return self.top + self.height
+
+    @property
+    def right(self) -> int:
+        return self.left + self.width
+
+    def shifted(self, dy: int, dx: int) -> "Window":
+        """The same window moved by ``(dy, dx)``."""
+        return Window(self.top + dy, self.left + dx, self.height, self.width)
+
+
+@attrs.frozen
+class WindowLayout:
+    """The windows of one local-path step.
+
+    The canvas of ``canvas_height x canvas_width`` latent pixels is padded by
+    ``pad`` on every side (random jitter moves windows into that padding); the
+    windows' coordinates are on the padded canvas, whose size is
+    ``(canvas_height + 2 pad, canvas_width + 2 pad)``. Every pixel of the
+    unpadded canvas is covered by at least one window.
+    """
+
+    windows: tuple[Window, ...]
+    canvas_height: int
+    canvas_width: int
+    pad: int = 0
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def on_canvas(self) -> tuple[Window, ...]:
+        """Windows in unpadded canvas coordinates (may start below zero)."""
+        return tuple(w.shifted(-self.pad, -self.pad) for w in self.windows)
+
+    def coverage(self) -> torch.Tensor:
+        """How many windows cover each pixel of the unpadded canvas (int tensor)."""
+        count = torch.zeros(
+            self.canvas_height + 2 * self.pad, self.canvas_width + 2 * self.pad, dtype=torch.int64
+        )
+        for w in self.windows:
+            count[w.top : w.bottom, w.left : w.right] += 1
+        p = self.pad
+        return count[p : p + self.canvas_height, p : p + self.canvas_width]
+
+
+@attrs.frozen
+class AttentionMaps:
+    """Phase-1 cross-attention maps of the prompt's word tokens.
+
+    ``maps`` has shape ``(h_a, w_a, n_words)`` (row-major spatial layout), one
+    map per entry of ``words``: the prompt's tokens without BOS/EOS, decoded
+    one by one with the first tokenizer. ``latent_per_map`` is how many latent
+    pixels one map pixel spans at phase 1 (4 for SDXL and SD 1.5).
+    """
+
+    maps: torch.Tensor = attrs.field(eq=False)
+    words: tuple[str, ...]
+    latent_per_map: int
+
+
+@attrs.frozen
+class PatchPrompts:
+    """One prompt per window, as a decomposer returns them.
+
+    ``prompts[k]`` is the prompt of ``layout.windows[k]``; ``words[k]`` the
+    words kept for it (empty for decomposers that do not select words).
+    """
+
+    prompts: tuple[str, ...]
+    words: tuple[tuple[str, ...], ...] = ()
+
+    def unique(self) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """Distinct prompts in first-seen order, and each window's index into them."""
+        order: dict[str, int] = {}
+        index = []
+        for p in self.prompts:
+            if p not in order:
+                order[p] = len(order)
+            index.append(order[p])
+        return tuple(order), tuple(index)
+
+
+@attrs.frozen
+class DecomposeRequest:
+    """What a prompt decomposer gets for one upscaling phase.
+
+    ``scale`` is the phase's scale factor ``s`` relative to phase 1;
+    ``attention`` is ``None`` when the decomposer does not need it (see
+    ``PromptDecomposer.needs_attention``) or no maps exist; ``low_res_image``
+    returns the phase-1 image (decoded on first call) for decomposers that
+    segment pixels.
+    """
+
+    prompt: str
+    layout: WindowLayout
+    scale: int
+    attention: Optional[AttentionMaps] = attrs.field(default=None, eq=False)
+    low_res_image: Optional[Callable[[], "object"]] = attrs.field(default=None, eq=False)
+
+
+@attrs.frozen
+class Conditioning:
+    """Text conditioning for a batch of prompts (one row per prompt).
+
+    ``embeds``: ``(P, L, D)`` token embeddings; ``pooled``: ``(P, Dp)`` pooled
+    embeddings (SDXL) or ``None``.
+    """
+
+    embeds: torch.Tensor = attrs.field(eq=False)
+    pooled: Optional[torch.Tensor] = attrs.field(default=None, eq=False)
+
+    def __len__(self) -> int:
+        return int(self.embeds.shape[0])
+
+    def select(self, index: Sequence[int] | torch.Tensor) -> "Conditioning":
+        """Rows ``index`` (repeats allowed)."""
+        idx = torch.as_tensor(index, dtype=torch.long, device=self.embeds.device)
+        return Conditioning(
+            self.embeds.index_select(0, idx),
+            None if self.pooled is None else self.pooled.index_select(0, idx),
+        )
+
+
+@attrs.frozen
+class ViewBatchRequest:
+    """A batch of native-size latents for the UNet, with classifier-free guidance.
+
+    ``latents``: ``(N, C, h, w)``, not yet scaled by the scheduler.
+    ``prompt_index``: row of the phase's prompt conditioning for each view, or
+    ``None`` for the whole prompt. ``crops_top_left``: ``(N, 2)`` SDXL crop
+    coordinates in image pixels, or ``None`` for ``(0, 0)``.
+    """
+
+    latents: torch.Tensor = attrs.field(eq=False)
+    guidance_scale: float
+    prompt_index: Optional[tuple[int, ...]] = None
+    crops_top_left: Optional[tuple[tuple[int, int], ...]] = None
+
+
+#: ``denoise(request) -> guided model outputs (N, C, h, w)``: the UNet with CFG,
+#: batched by the run's view batch size. Given to the global guidance stage.
+DenoiseFn = Callable[[ViewBatchRequest], torch.Tensor]
+
+
+@attrs.frozen
+class GuidanceRequest:
+    """What the global guidance stage gets at one step of phase ``scale``.
+
+    ``latents``: the full canvas ``(1, C, H, W)`` (unscaled, after the skip
+    residual). ``cosine_factor``: ``0.5 (1 + cos(pi (T - t) / T))``.
+    ``denoise`` evaluates the UNet on native-size views with the whole prompt
+    and ``guidance_scale``. ``generator`` feeds all randomness.
+    """
+
+    latents: torch.Tensor = attrs.field(eq=False)
+    scale: int
+    timestep: float
+    step_index: int
+    cosine_factor: float
+    guidance_scale: float
+    denoise: DenoiseFn = attrs.field(eq=False)
+    generator: Optional[torch.Generator] = attrs.field(default=None, eq=False)
