@@ -35,10 +35,7 @@ class ModelAdapter:
         self.vae_scale_factor = int(getattr(pipeline, "vae_scale_factor", 8))
         self.latent_channels = int(self.unet.config.in_channels)
         self.native_size = int(self.unet.config.sample_size) * self.vae_scale_factor
-
-    @property
-    def device(self) -> torch.device:
-        return self.pipeline._execution_device
+        self.device: torch.device = pipeline._execution_device
 
     @property
     def dtype(self) -> torch.dtype:
