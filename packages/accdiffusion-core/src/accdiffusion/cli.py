@@ -69,7 +69,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows ``(default: X)`` except where the help text explains a missing default."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.default == [] or action.default is False and action.nargs == 0:
+        if action.default is None or action.default == [] or isinstance(action, argparse._StoreTrueAction):
             return action.help or ""
         return super()._get_help_string(action)
 

@@ -11,6 +11,7 @@ model output** (section 4), then renormalisation to phase 1's statistics.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 import time
@@ -101,6 +102,14 @@ class Result:
     stage_images: tuple[tuple[int, Image.Image], ...] = attrs.field(default=(), eq=False)
     warnings: tuple[str, ...] = ()
     record: dict = attrs.field(factory=dict, eq=False)
+
+
+def scheduler_step(scheduler: Any, output: torch.Tensor, t: Any, z: torch.Tensor,
+                   generator: Optional[torch.Generator]) -> torch.Tensor:
+    """One scheduler step, passing the run's generator to schedulers that draw noise."""
+    if "generator" in inspect.signature(scheduler.step).parameters:
+        return scheduler.step(output, t, z, generator=generator, return_dict=False)[0]
+    return scheduler.step(output, t, z, return_dict=False)[0]
 
 
 def _cat_conditioning(a: Conditioning, b: Conditioning) -> Conditioning:
@@ -278,7 +287,7 @@ class Sampler:
             bar = progress("phase 1" + (" (image)" if init_image is not None else ""), len(timesteps))
             for t in timesteps:
                 out = self._denoise(sched, z, t, settings.guidance_scale, cond_full, uncond, None, target, 1)
-                z = sched.step(out, t, z, generator=gen, return_dict=False)[0]
+                z = scheduler_step(sched, out, t, z, gen)
                 bar.update()
             bar.close()
             if init_image is not None:
@@ -360,7 +369,7 @@ class Sampler:
                     out = (1 - c2) * local + c2 * glob
                 else:
                     out = local if local is not None else glob
-                z = sched.step(out, t, z, generator=gen, return_dict=False)[0]
+                z = scheduler_step(sched, out, t, z, gen)
                 bar.update()
             bar.close()
             z = renormalize(z, anchor_mean, anchor_std)

@@ -1,0 +1,21 @@
+"""Prompt decomposers for accdiffusion: AccDiffusion patch-content-aware prompts (sec. 3.2, eq. 5-8)."""
+
+from .decomposers import (
+    CrossAttentionDecomposer,
+    IdenticalDecomposer,
+    binarize,
+    morphological_open,
+    window_map_bounds,
+    word_masks,
+    word_window_fractions,
+)
+
+__all__ = [
+    "CrossAttentionDecomposer",
+    "IdenticalDecomposer",
+    "binarize",
+    "morphological_open",
+    "window_map_bounds",
+    "word_masks",
+    "word_window_fractions",
+]

@@ -1,0 +1,173 @@
+"""Patch-content-aware prompts (AccDiffusion, Lin et al., ECCV 2024, sec. 3.2, eq. 5-8).
+
+AccDiffusion gives each local window only the prompt words whose phase-1
+cross-attention highlights enough of the window, instead of the whole prompt,
+which stops every window from repeating the prompt's objects. For word ``j``:
+
+1. binarise its cross-attention map at the map's mean;
+2. clean the mask with a morphological opening (3x3 square, ``h_a // 16``
+   iterations);
+3. upsample the mask by the phase's scale ``s``;
+4. keep the word for a window iff the mask covers at least the fraction ``c``
+   of the window.
+
+All words and windows are handled at once with tensor operations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accdiffusion import AttentionMaps, DecomposeRequest, PatchPrompts, WindowLayout
+
+
+def binarize(maps: torch.Tensor) -> torch.Tensor:
+    """Binary word masks: ``B_j = map_j > mean(map_j)`` (sec. 3.2).
+
+    ``maps``: ``(h_a, w_a, n_words)`` cross-attention maps. Returns a bool
+    tensor ``(n_words, h_a, w_a)``.
+    """
+    per_word = maps.permute(2, 0, 1)
+    return per_word > per_word.mean(dim=(1, 2), keepdim=True)
+
+
+def morphological_open(masks: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Morphological opening of binary masks with a 3x3 square, ``iterations`` times (sec. 3.2).
+
+    Erodes ``iterations`` times, then dilates ``iterations`` times, with
+    OpenCV's default borders: outside the mask counts as set while eroding and
+    as unset while dilating. ``iterations`` passes of a 3x3 square equal one
+    pass of a ``(2 iterations + 1)`` square, done with one max-pool each way.
+    ``masks``: bool ``(n, h, w)``; returns the opened masks, bool ``(n, h, w)``.
+    ``iterations == 0`` returns the masks unchanged.
+    """
+    if iterations == 0:
+        return masks
+    size = 2 * iterations + 1
+    x = masks.unsqueeze(1).float()
+    # max_pool2d pads with -inf, which counts as unset for the dilation and, on
+    # the complement, as set for the erosion.
+    eroded = 1.0 - F.max_pool2d(1.0 - x, size, stride=1, padding=iterations)
+    opened = F.max_pool2d(eroded, size, stride=1, padding=iterations)
+    return opened.squeeze(1) > 0.5
+
+
+def word_masks(attention: AttentionMaps) -> torch.Tensor:
+    """Cleaned masks of every word: :func:`binarize`, then :func:`morphological_open`
+    with ``h_a // 16`` iterations. Returns bool ``(n_words, h_a, w_a)``."""
+    return morphological_open(binarize(attention.maps), int(attention.maps.shape[0]) // 16)
+
+
+def window_map_bounds(layout: WindowLayout, latent_per_map: int, map_height: int, map_width: int) -> torch.Tensor:
+    """Each window's extent on the upsampled attention map, ``(K, 4)`` int64 rows
+    ``(row0, row1, col0, col1)`` (half-open).
+
+    A window is first clipped to the unpadded canvas ``[0, canvas_height) x
+    [0, canvas_width)``; with ``f = latent_per_map`` its rows become
+    ``[floor(top / f), ceil(bottom / f))`` and likewise its columns, clipped to
+    the ``map_height x map_width`` map.
+    """
+    boxes = torch.tensor(
+        [(w.top, w.bottom, w.left, w.right) for w in layout.on_canvas()], dtype=torch.int64
+    ).reshape(-1, 4)
+    limits = torch.tensor([layout.canvas_height, layout.canvas_height, layout.canvas_width, layout.canvas_width])
+    boxes = torch.minimum(boxes.clamp(min=0), limits)
+    f = latent_per_map
+    starts = boxes[:, 0::2].div(f, rounding_mode="floor")
+    ends = -(-boxes[:, 1::2]).div(f, rounding_mode="floor")
+    map_limits = torch.tensor([map_height, map_width])
+    starts = torch.minimum(starts, map_limits)
+    ends = torch.minimum(ends, map_limits)
+    return torch.stack([starts[:, 0], ends[:, 0], starts[:, 1], ends[:, 1]], dim=1)
+
+
+def word_window_fractions(
+    masks: torch.Tensor, layout: WindowLayout, scale: int, latent_per_map: int
+) -> torch.Tensor:
+    """Fraction of each window covered by each word's mask (sec. 3.2, eq. 8's ratio).
+
+    ``masks``: bool ``(n_words, h_a, w_a)`` cleaned masks of phase 1. They are
+    upsampled (nearest neighbour; the integer factor ``scale`` repeats each
+    pixel) to ``(scale h_a, scale w_a)``; each window is mapped onto them with
+    :func:`window_map_bounds`, and its mask sums come from one integral image
+    of all words. Returns float64 ``(n_words, n_windows)``: mask sum over the
+    window's area in map pixels.
+    """
+    resized = masks.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
+    n_words, map_height, map_width = resized.shape
+    integral = F.pad(resized.to(torch.int64).cumsum(1).cumsum(2), (1, 0, 1, 0))
+    bounds = window_map_bounds(layout, latent_per_map, map_height, map_width).to(masks.device)
+    r0, r1, c0, c1 = bounds.unbind(1)
+    sums = integral[:, r1, c1] - integral[:, r0, c1] - integral[:, r1, c0] + integral[:, r0, c0]
+    area = ((r1 - r0) * (c1 - c0)).clamp(min=1)
+    return sums.to(torch.float64) / area.to(torch.float64)
+
+
+class CrossAttentionDecomposer:
+    """The ``cross_attention`` decomposer: AccDiffusion's patch-content-aware prompts (eq. 5-8).
+
+    ``threshold``: the paper's ``c``; a word is kept for a window iff its mask
+    covers at least this fraction of the window.
+    """
+
+    needs_attention = True
+
+    def __init__(self, *, threshold: float = 0.3) -> None:
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold {threshold!r} must be in [0, 1]")
+        self.threshold = float(threshold)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "CrossAttentionDecomposer":
+        """The decomposer for a run: ``threshold`` from ``settings.c``."""
+        return cls(threshold=settings.c)
+
+    def __repr__(self) -> str:
+        return f"CrossAttentionDecomposer(threshold={self.threshold})"
+
+    def word_masks(self, attention: AttentionMaps) -> torch.Tensor:
+        """The cleaned binary mask of every word, ``(n_words, h_a, w_a)`` (for pictures)."""
+        return word_masks(attention)
+
+    def decompose(self, request: DecomposeRequest) -> PatchPrompts:
+        """One prompt per window: the kept words in prompt order, joined by single spaces.
+
+        A window may get the empty string. Without attention maps, or with no
+        words (an empty prompt), every window gets ``request.prompt``.
+        """
+        attention = request.attention
+        count = len(request.layout)
+        if attention is None or not attention.words:
+            return PatchPrompts((request.prompt,) * count)
+        if attention.maps.shape[-1] != len(attention.words):
+            raise ValueError(
+                f"{attention.maps.shape[-1]} attention maps for {len(attention.words)} words"
+            )
+        fractions = word_window_fractions(
+            word_masks(attention), request.layout, request.scale, attention.latent_per_map
+        )
+        keep = (fractions >= self.threshold).T.tolist()
+        words = tuple(
+            tuple(word for word, kept in zip(attention.words, row) if kept) for row in keep
+        )
+        return PatchPrompts(tuple(" ".join(w) for w in words), words)
+
+
+class IdenticalDecomposer:
+    """The ``identical`` decomposer: the whole prompt for every window (MultiDiffusion, DemoFusion)."""
+
+    needs_attention = False
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "IdenticalDecomposer":
+        """The decomposer for a run (it has no options)."""
+        return cls()
+
+    def __repr__(self) -> str:
+        return "IdenticalDecomposer()"
+
+    def decompose(self, request: DecomposeRequest) -> PatchPrompts:
+        """``request.prompt`` for every window of ``request.layout``."""
+        return PatchPrompts((request.prompt,) * len(request.layout))

@@ -1,0 +1,287 @@
+"""Tests of the prompt decomposers against hand-worked attention maps."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+import accdiffusion
+import pytest
+import torch
+from accdiffusion import AttentionMaps, DecomposeRequest, Window, WindowLayout
+
+from accdiffusion_prompts import (
+    CrossAttentionDecomposer,
+    IdenticalDecomposer,
+    binarize,
+    morphological_open,
+    plugin,
+    window_map_bounds,
+    word_masks,
+    word_window_fractions,
+)
+
+
+def grid_layout(scale: int, map_size: int, f: int) -> WindowLayout:
+    """The 3x3 (for scale 2) layout of native windows with half-window stride."""
+    window = map_size * f
+    stride = window // 2
+    side = scale * window
+    starts = range(0, side - window + 1, stride)
+    return WindowLayout(tuple(Window(t, l, window, window) for t in starts for l in starts), side, side)
+
+
+def cat_dog_maps() -> torch.Tensor:
+    """32x32 maps: "cat" high in the top-left quadrant only, "dog" high everywhere
+    but one pixel (20, 20)."""
+    cat = torch.zeros(32, 32)
+    cat[:16, :16] = 1.0
+    dog = torch.ones(32, 32)
+    dog[20, 20] = 0.0
+    return torch.stack([cat, dog], dim=-1)
+
+
+def request(maps: torch.Tensor, words: tuple[str, ...], layout: WindowLayout, scale: int = 2,
+            prompt: str = "a prompt") -> DecomposeRequest:
+    return DecomposeRequest(prompt, layout, scale, AttentionMaps(maps, words, 4))
+
+
+# -- registration ------------------------------------------------------------
+
+
+def test_entry_point_declared() -> None:
+    (ep,) = [ep for ep in entry_points(group="accdiffusion") if ep.name == "prompts"]
+    assert ep.value == "accdiffusion_prompts.plugin"
+
+
+def test_registered_with_plugin_host() -> None:
+    host = accdiffusion.PluginHost([plugin], entry_points=False)
+    assert host.registry.names("prompt_decomposer") == ["cross_attention", "identical"]
+    settings = accdiffusion.Settings(prompt="x", c=0.45)
+    decomposer = host.create("prompt_decomposer", "cross_attention", settings)
+    assert isinstance(decomposer, CrossAttentionDecomposer) and decomposer.threshold == 0.45
+    assert isinstance(host.create("prompt_decomposer", "identical", settings), IdenticalDecomposer)
+
+
+def test_protocols_and_needs_attention() -> None:
+    assert isinstance(CrossAttentionDecomposer(), accdiffusion.PromptDecomposer)
+    assert isinstance(IdenticalDecomposer(), accdiffusion.PromptDecomposer)
+    assert CrossAttentionDecomposer.needs_attention is True
+    assert IdenticalDecomposer.needs_attention is False
+    assert CrossAttentionDecomposer().threshold == 0.3
+
+
+def test_invalid_threshold() -> None:
+    with pytest.raises(ValueError):
+        CrossAttentionDecomposer(threshold=1.5)
+
+
+# -- steps -------------------------------------------------------------------
+
+
+def test_binarize_is_strictly_above_mean_per_word() -> None:
+    maps = torch.tensor([[[1.0, 5.0], [2.0, 5.0]], [[3.0, 5.0], [6.0, 5.0]]])  # (2, 2, 2)
+    # word 0: values 1 2 3 6, mean 3 -> only 6 is above; word 1 is constant -> nothing.
+    expected = torch.tensor([[[False, False], [False, True]], [[False, False], [False, False]]])
+    assert torch.equal(binarize(maps), expected)
+
+
+def opening_case() -> tuple[torch.Tensor, torch.Tensor]:
+    mask = torch.zeros(32, 32, dtype=torch.bool)
+    mask[5, 20] = True  # isolated pixel: removed
+    mask[10:15, 10:15] = True  # 5x5 block: kept as is
+    mask[20:27, 0:3] = True  # 7x3 block on the left border: kept as is
+    mask[20:27, 20:23] = True  # the same block inside the map: too thin, removed
+    expected = torch.zeros(32, 32, dtype=torch.bool)
+    expected[10:15, 10:15] = True
+    expected[20:27, 0:3] = True
+    return mask, expected
+
+
+def test_opening_hand_computed() -> None:
+    mask, expected = opening_case()
+    assert torch.equal(morphological_open(mask[None], 2)[0], expected)
+
+
+def test_opening_one_iteration_hand_computed() -> None:
+    mask = torch.zeros(6, 6, dtype=torch.bool)
+    mask[0:3, 0:3] = True  # 3x3 in the corner: survives one 3x3 opening
+    mask[4, 4] = True  # isolated: removed
+    mask[2:6, 5] = True  # one pixel wide along the right border: erodes away
+    expected = torch.zeros(6, 6, dtype=torch.bool)
+    expected[0:3, 0:3] = True
+    assert torch.equal(morphological_open(mask[None], 1)[0], expected)
+
+
+def reference_open(mask: torch.Tensor, iterations: int) -> torch.Tensor:
+    """OpenCV's opening written out: 3x3 min / max over in-map neighbours, one pass at a time."""
+    height, width = mask.shape
+
+    def step(m: torch.Tensor, reduce) -> torch.Tensor:
+        out = m.clone()
+        for y in range(height):
+            for x in range(width):
+                out[y, x] = reduce(m[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2])
+        return out
+
+    m = mask.clone()
+    for _ in range(iterations):
+        m = step(m, torch.all)
+    for _ in range(iterations):
+        m = step(m, torch.any)
+    return m
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 3])
+def test_opening_matches_iterated_3x3_reference(iterations: int) -> None:
+    g = torch.Generator().manual_seed(iterations)
+    masks = torch.rand((3, 13, 11), generator=g) > 0.3
+    got = morphological_open(masks, iterations)
+    for k in range(3):
+        assert torch.equal(got[k], reference_open(masks[k], iterations))
+
+
+def test_opening_zero_iterations_is_identity() -> None:
+    mask, _ = opening_case()
+    assert torch.equal(morphological_open(mask[None], 0)[0], mask)
+
+
+def test_word_masks_use_h_over_16_iterations() -> None:
+    small = torch.zeros(8, 8, 1)
+    small[3, 3, 0] = 1.0  # h_a = 8 -> 0 iterations: the isolated pixel stays
+    assert word_masks(AttentionMaps(small, ("w",), 4))[0].sum() == 1
+    mask, expected = opening_case()
+    large = mask.float()[..., None]  # h_a = 32 -> 2 iterations
+    assert torch.equal(word_masks(AttentionMaps(large, ("w",), 4))[0], expected)
+
+
+def test_window_map_bounds_floor_ceil_and_clip() -> None:
+    # canvas 40x40 padded by 3; windows given on the padded canvas
+    layout = WindowLayout(
+        (Window(0, 3, 8, 8), Window(9, 12, 8, 8), Window(38, 38, 8, 8)), 40, 40, pad=3
+    )
+    bounds = window_map_bounds(layout, latent_per_map=4, map_height=10, map_width=10)
+    # on canvas: (-3, 0) -> rows clipped to [0, 5) -> [0, 2); cols [0, 8) -> [0, 2)
+    #            (6, 9)  -> rows [6, 14) -> [1, 4); cols [9, 17) -> [2, 5)
+    #            (35, 35) -> [35, 43) clipped to [35, 40) -> [8, 10)
+    assert bounds.tolist() == [[0, 2, 0, 2], [1, 4, 2, 5], [8, 10, 8, 10]]
+
+
+def test_fractions_hand_worked() -> None:
+    masks = torch.zeros(1, 32, 32, dtype=torch.bool)
+    masks[0, :16, :16] = True
+    fractions = word_window_fractions(masks, grid_layout(2, 32, 4), scale=2, latent_per_map=4)
+    assert fractions.dtype == torch.float64
+    assert fractions[0].tolist() == [1.0, 0.5, 0.0, 0.5, 0.25, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_fractions_match_direct_sums() -> None:
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand((4, 16, 24), generator=g) > 0.6
+    layout = WindowLayout(
+        (Window(0, 0, 64, 64), Window(5, 17, 64, 64), Window(30, 70, 50, 26), Window(90, 120, 64, 64)),
+        128, 192, pad=2,
+    )
+    got = word_window_fractions(masks, layout, scale=2, latent_per_map=4)
+    big = masks.repeat_interleave(2, 1).repeat_interleave(2, 2)
+    for k, (r0, r1, c0, c1) in enumerate(window_map_bounds(layout, 4, 32, 48).tolist()):
+        area = (r1 - r0) * (c1 - c0)
+        assert torch.equal(got[:, k], big[:, r0:r1, c0:c1].sum(dim=(1, 2)).double() / area)
+
+
+# -- decompose -----------------------------------------------------------------
+
+
+def test_cat_dog_prompts() -> None:
+    result = CrossAttentionDecomposer(threshold=0.3).decompose(
+        request(cat_dog_maps(), ("cat", "dog"), grid_layout(2, 32, 4))
+    )
+    assert result.prompts == (
+        "cat dog", "cat dog", "dog",
+        "cat dog", "dog", "dog",
+        "dog", "dog", "dog",
+    )
+    assert result.words[0] == ("cat", "dog") and result.words[4] == ("dog",)
+
+
+def test_cat_dog_masks() -> None:
+    masks = word_masks(AttentionMaps(cat_dog_maps(), ("cat", "dog"), 4))
+    cat = torch.zeros(32, 32, dtype=torch.bool)
+    cat[:16, :16] = True  # the quadrant touches two borders and is not eroded from them
+    dog = torch.ones(32, 32, dtype=torch.bool)
+    dog[20, 20] = False  # an opening keeps a one-pixel hole
+    assert torch.equal(masks[0], cat)
+    assert torch.equal(masks[1], dog)
+
+
+def test_fraction_exactly_threshold_is_kept() -> None:
+    # the centre window sees exactly a quarter of the upsampled "cat" mask
+    layout = grid_layout(2, 32, 4)
+    kept = CrossAttentionDecomposer(threshold=0.25).decompose(request(cat_dog_maps(), ("cat", "dog"), layout))
+    assert kept.prompts[4] == "cat dog"
+    dropped = CrossAttentionDecomposer(threshold=0.2500001).decompose(
+        request(cat_dog_maps(), ("cat", "dog"), layout)
+    )
+    assert dropped.prompts[4] == "dog"
+
+
+def test_word_order_follows_prompt() -> None:
+    maps = cat_dog_maps().flip(-1)  # "dog" first now
+    result = CrossAttentionDecomposer().decompose(request(maps, ("dog", "cat"), grid_layout(2, 32, 4)))
+    assert result.prompts[0] == "dog cat"
+
+
+def test_window_may_get_empty_prompt() -> None:
+    maps = cat_dog_maps()[..., :1]
+    result = CrossAttentionDecomposer().decompose(request(maps, ("cat",), grid_layout(2, 32, 4)))
+    assert result.prompts == ("cat", "cat", "", "cat", "", "", "", "", "")
+    assert result.words[2] == ()
+
+
+def test_scale_three_layout() -> None:
+    result = CrossAttentionDecomposer().decompose(
+        request(cat_dog_maps(), ("cat", "dog"), grid_layout(3, 32, 4), scale=3)
+    )
+    # 5x5 windows of 32 map pixels with stride 16 over a 96x96 map; "cat" covers [0, 48)^2
+    cat_rows = [1.0, 1.0, 0.5, 0.0, 0.0]
+    expected = [
+        "cat dog" if cat_rows[i] * cat_rows[j] >= 0.3 else "dog" for i in range(5) for j in range(5)
+    ]
+    assert list(result.prompts) == expected
+
+
+def test_jittered_layout_windows_are_clipped_to_canvas() -> None:
+    # the same coordinates read on a canvas padded by 2: every window moves by (-2, -2)
+    jittered = WindowLayout(grid_layout(2, 32, 4).windows, 256, 256, pad=2)
+    masks = word_masks(AttentionMaps(cat_dog_maps(), ("cat", "dog"), 4))
+    fractions = word_window_fractions(masks, jittered, scale=2, latent_per_map=4)
+    # window 0: [-2, 126)^2 clipped to [0, 126)^2 -> map [0, 32)^2, all "cat"
+    # window 1: cols [62, 190) -> map [15, 48): 17 of 33 columns are "cat"
+    # window 4: map [15, 48)^2: 17 * 17 of 33 * 33 pixels
+    assert fractions[0, :2].tolist() == [1.0, 17 / 33]
+    assert fractions[0, 4].item() == 289 / 1089
+    result = CrossAttentionDecomposer().decompose(request(cat_dog_maps(), ("cat", "dog"), jittered))
+    assert result.prompts[:5] == ("cat dog", "cat dog", "dog", "cat dog", "dog")
+
+
+def test_no_attention_gives_whole_prompt() -> None:
+    layout = grid_layout(2, 32, 4)
+    req = DecomposeRequest("a cat and a dog", layout, 2, None)
+    assert CrossAttentionDecomposer().decompose(req).prompts == ("a cat and a dog",) * 9
+
+
+def test_empty_prompt() -> None:
+    layout = grid_layout(2, 32, 4)
+    req = DecomposeRequest("", layout, 2, AttentionMaps(torch.zeros(32, 32, 0), (), 4))
+    assert CrossAttentionDecomposer().decompose(req).prompts == ("",) * 9
+
+
+def test_maps_and_words_must_match() -> None:
+    with pytest.raises(ValueError):
+        CrossAttentionDecomposer().decompose(request(cat_dog_maps(), ("cat",), grid_layout(2, 32, 4)))
+
+
+def test_identical() -> None:
+    layout = grid_layout(2, 32, 4)
+    result = IdenticalDecomposer().decompose(request(cat_dog_maps(), ("cat", "dog"), layout, prompt="a cat"))
+    assert result.prompts == ("a cat",) * 9
+    assert result.unique() == (("a cat",), (0,) * 9)

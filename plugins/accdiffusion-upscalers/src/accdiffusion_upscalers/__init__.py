@@ -1,0 +1,5 @@
+"""Latent upscalers for accdiffusion (DemoFusion progressive upscaling)."""
+
+from .upscalers import BicubicLatentUpscaler, PixelUpscaler
+
+__all__ = ["BicubicLatentUpscaler", "PixelUpscaler"]
