@@ -17,6 +17,9 @@ import torch
 from .plugins import hookimpl
 from .types import Conditioning
 
+#: Images larger than this (px, either side) are encoded and decoded in VAE tiles.
+TILED_VAE_ABOVE = 2048
+
 
 class ModelAdapter:
     """Uniform access to a text-to-image latent diffusion pipeline.
@@ -82,7 +85,7 @@ class ModelAdapter:
     def encode_images(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Images ``(N, 3, H, W)`` in ``[-1, 1]`` to scaled latents (the distribution's mode)."""
         vae = self.vae
-        with self._vae_precision() as dtype:
+        with self._vae_precision() as dtype, self._vae_tiling(max(images.shape[-2:])):
             dist = vae.encode(images.to(self.device, dtype)).latent_dist
             latents = dist.mode().float()
         shift = getattr(vae.config, "shift_factor", None) or 0.0
@@ -91,24 +94,28 @@ class ModelAdapter:
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents to images ``(N, 3, H, W)`` in ``[-1, 1]`` (float32, on the CPU).
 
-        Decoding is tiled when the image is larger than 2048 px on a side and
-        the VAE supports tiling; it runs in float32 when the VAE asks for it
+        Decoding is tiled when the image is larger than :data:`TILED_VAE_ABOVE`
+        px on a side and the VAE supports tiling; it runs in float32 when the VAE asks for it
         (``force_upcast``, e.g. SDXL's VAE in float16).
         """
         vae = self.vae
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         z = latents / vae.config.scaling_factor + shift
-        side = max(z.shape[-2:]) * self.vae_scale_factor
-        tiled = side > 2048 and hasattr(vae, "enable_tiling")
+        with self._vae_precision() as dtype, self._vae_tiling(max(z.shape[-2:]) * self.vae_scale_factor):
+            image = vae.decode(z.to(self.device, dtype), return_dict=False)[0]
+        return image.float().clamp(-1, 1).cpu()
+
+    @contextlib.contextmanager
+    def _vae_tiling(self, side: int):
+        """Tiled VAE work for images larger than :data:`TILED_VAE_ABOVE` px on a side."""
+        tiled = side > TILED_VAE_ABOVE and hasattr(self.vae, "enable_tiling")
         if tiled:
-            vae.enable_tiling()
+            self.vae.enable_tiling()
         try:
-            with self._vae_precision() as dtype:
-                image = vae.decode(z.to(self.device, dtype), return_dict=False)[0]
+            yield
         finally:
             if tiled:
-                vae.disable_tiling()
-        return image.float().clamp(-1, 1).cpu()
+                self.vae.disable_tiling()
 
     @contextlib.contextmanager
     def _vae_precision(self):
