@@ -50,7 +50,7 @@ _HELP = {
     "attention_factor": "read cross-attention at 1/this of the latent side",
     "attention_strength": "with --image: share of the schedule re-noised to read attention maps",
     "dtype": "model precision",
-    "device": "torch device, e.g. cpu, cuda, cuda:1, mps",
+    "device": "torch device, e.g. cpu, cuda, cuda:1, mps; auto picks cuda, then mps, then cpu",
     "offload": "CPU offload of model components (needs accelerate)",
     "save_stages": "also save the image of every phase",
 }

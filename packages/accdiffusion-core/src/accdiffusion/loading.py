@@ -51,6 +51,18 @@ def inspect_folder(location: str) -> Optional[dict[str, Any]]:
     return {"class_name": cls, "native_size": int(unet["sample_size"]) * vae_factor, "vae_scale_factor": vae_factor}
 
 
+def resolve_device(device: str) -> str:
+    """``"auto"``: CUDA when available, else Apple's MPS when available, else the CPU."""
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
 def load_pipeline(
     location: str,
     dtype: str = "float32",
@@ -71,6 +83,7 @@ def load_pipeline(
     import diffusers
 
     torch_dtype = DTYPES[dtype]
+    device = resolve_device(device)
     try:
         if is_single_file(location):
             last: Optional[Exception] = None

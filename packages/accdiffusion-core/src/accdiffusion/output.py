@@ -18,6 +18,7 @@ from typing import Any, Optional
 import attrs
 
 from .sampler import Result, Sampler
+from .schedulers import make_scheduler
 from .settings import Settings
 
 
@@ -62,7 +63,8 @@ def build_record(result: Result, settings: Settings, sampler: Sampler, *, model:
         "settings": resolved.to_dict(),
         "seed": result.seed,
         "plugins": dict(sampler.stage_names),
-        "scheduler": {"class": settings.scheduler, "base": type(sched).__name__},
+        "scheduler": {"name": settings.scheduler, "class": type(make_scheduler(settings.scheduler, sched)).__name__,
+                      "model_default": type(sched).__name__},
         "plan": {
             "height": plan.height, "width": plan.width, "factor": plan.factor, "scales": list(plan.scales),
             "latent_sizes": [list(s) for s in plan.latent_sizes], "window": plan.window, "stride": plan.stride,

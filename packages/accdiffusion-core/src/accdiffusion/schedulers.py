@@ -27,6 +27,10 @@ def make_scheduler(name: str, base: Any) -> Any:
     if name == "default":
         return type(base).from_config(base.config)
     class_name, overrides = SCHEDULER_CLASSES[name]
+    overrides = dict(overrides)
+    if name == "ddim":
+        # Latents are not images: sample clipping (DDIM's own default) is off unless the model asks for it.
+        overrides["clip_sample"] = bool(base.config.get("clip_sample", False))
     return getattr(diffusers, class_name).from_config(base.config, **overrides)
 
 

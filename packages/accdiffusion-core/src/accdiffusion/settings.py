@@ -107,7 +107,7 @@ class Settings:
     attention_factor: int = attrs.field(default=4, validator=_positive_int("attention_factor"))
     attention_strength: float = attrs.field(default=0.3)
     dtype: str = attrs.field(default="float32", validator=_choice("dtype", DTYPES))
-    device: str = "cpu"
+    device: str = attrs.field(default="auto", validator=attrs.validators.instance_of(str))
     offload: str = attrs.field(default="none", validator=_choice("offload", OFFLOAD))
     save_stages: bool = False
     plugin_options: Mapping[str, str] = attrs.field(factory=dict, converter=lambda m: dict(m))
