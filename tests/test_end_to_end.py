@@ -161,3 +161,22 @@ def test_long_prompt_is_truncated_with_a_warning(pipes):
 def test_scale_one_is_plain_sampling(pipes):
     result = generate(PROMPT, pipeline=pipes["sdxl"], scale=1, **FAST)
     assert result.image.size == (32, 32) and len(result.phases) == 1 and result.attention is None
+
+
+def test_global_guidance_can_ask_for_its_own_prompts_and_crops(pipes):
+    """A custom global path evaluating one view with a prompt of its choice."""
+    from accdiffusion import ViewBatchRequest
+
+    seen = []
+
+    class OwnPrompt:
+        def predict(self, request):
+            z = request.latents
+            view = torch.nn.functional.interpolate(z, size=(16, 16), mode="bilinear")
+            out = request.denoise(ViewBatchRequest(latents=view, guidance_scale=2.0, prompts=("a blue square",),
+                                                   crops_top_left=((0, 0),)))
+            seen.append(out.shape)
+            return torch.nn.functional.interpolate(out, size=z.shape[-2:], mode="bilinear")
+
+    result = generate(PROMPT, pipeline=pipes["sdxl"], scale=2, global_guidance=OwnPrompt(), **FAST)
+    assert seen == [(1, 4, 16, 16)] * 3 and torch.isfinite(result.latents).all()

@@ -220,7 +220,7 @@ def test_unet_gets_native_views_with_guidance_scale() -> None:
 
     WindowInteractionGuidance(gaussian_smoothing=False).predict(guidance_request(z, 2, record, gen(5)))
     (request,) = seen
-    assert request.guidance_scale == 6.0 and request.prompt_index is None
+    assert request.guidance_scale == 6.0 and request.prompts is None
     expected = apply_permutation(to_dilated_samples(z, 2), random_permutation((4, 4, 8, 12), gen(5)))
     assert torch.equal(request.latents, expected)
 

@@ -92,7 +92,7 @@ class ModelAdapter:
         return (latents - shift) * vae.config.scaling_factor
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents to images ``(N, 3, H, W)`` in ``[-1, 1]`` (float32, on the CPU).
+        """Scaled latents to images ``(N, 3, H, W)`` in ``[-1, 1]`` (float32, on the model's device).
 
         Decoding is tiled when the image is larger than :data:`TILED_VAE_ABOVE`
         px on a side and the VAE supports tiling; it runs in float32 when the VAE asks for it
@@ -103,7 +103,7 @@ class ModelAdapter:
         z = latents / vae.config.scaling_factor + shift
         with self._vae_precision() as dtype, self._vae_tiling(max(z.shape[-2:]) * self.vae_scale_factor):
             image = vae.decode(z.to(self.device, dtype), return_dict=False)[0]
-        return image.float().clamp(-1, 1).cpu()
+        return image.float().clamp(-1, 1)
 
     @contextlib.contextmanager
     def _vae_tiling(self, side: int):

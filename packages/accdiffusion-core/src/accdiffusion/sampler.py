@@ -190,20 +190,31 @@ class Sampler:
 
     def _denoise(self, scheduler: Any, latents: torch.Tensor, t: Any, guidance: float, cond: Conditioning,
                  uncond: Conditioning, crops: Optional[torch.Tensor], target: tuple[int, int],
-                 batch: int) -> torch.Tensor:
-        """Guided model outputs for ``latents`` (one conditioning row each), in batches."""
+                 batch: int, cache: Optional[dict] = None) -> torch.Tensor:
+        """Guided model outputs for ``latents`` (one conditioning row each), in batches.
+
+        ``cache`` keeps each batch's guidance conditioning between steps; pass
+        a dict that lives as long as ``cond`` and ``crops`` do not change.
+        """
         do_cfg = guidance > 1.0
         outs = []
         for start in range(0, latents.shape[0], batch):
             sl = slice(start, start + batch)
             x = scheduler.scale_model_input(latents[sl], t)
-            c = _slice_conditioning(cond, sl)
-            cr = None if crops is None else crops[sl]
             n = x.shape[0]
+            key = (start, n, do_cfg)
+            if cache is not None and key in cache:
+                c, cr = cache[key]
+            else:
+                c = _slice_conditioning(cond, sl)
+                cr = None if crops is None else crops[sl]
+                if do_cfg:
+                    c = _cat_conditioning(_repeat_conditioning(uncond, n), c)
+                    cr = None if cr is None else torch.cat([cr, cr])
+                if cache is not None:
+                    cache[key] = (c, cr)
             if do_cfg:
                 x = torch.cat([x, x])
-                c = _cat_conditioning(_repeat_conditioning(uncond, n), c)
-                cr = None if cr is None else torch.cat([cr, cr])
             out = self.adapter.predict(x, t, c, cr, target)
             if do_cfg:
                 u, co = out.chunk(2)
@@ -212,21 +223,30 @@ class Sampler:
         return torch.cat(outs)
 
     def _local(self, scheduler: Any, z: torch.Tensor, t: Any, layout: WindowLayout, cond: Conditioning,
-               uncond: Conditioning, settings: Settings, target: tuple[int, int]) -> torch.Tensor:
-        """MultiDiffusion: every window's guided output, averaged where windows overlap."""
+               uncond: Conditioning, settings: Settings, target: tuple[int, int], cache: dict) -> torch.Tensor:
+        """MultiDiffusion: every window's guided output, averaged where windows overlap.
+
+        ``cache`` holds what depends only on the layout and its prompts (the
+        overlap count, crop coordinates, guidance conditioning); it must be
+        a fresh dict whenever they change.
+        """
         p = layout.pad
         zp = F.pad(z, (p, p, p, p)) if p else z
         views = torch.cat([zp[:, :, w.top:w.bottom, w.left:w.right] for w in layout.windows])
-        vsf = self.adapter.vae_scale_factor
-        crops = torch.tensor([[w.top * vsf, w.left * vsf] for w in layout.windows])
-        out = self._denoise(scheduler, views, t, settings.multi_guidance_scale, cond, uncond, crops, target,
-                            settings.view_batch_size)
+        if "count" not in cache:
+            vsf = self.adapter.vae_scale_factor
+            count = torch.zeros((1, 1, *zp.shape[-2:]), dtype=zp.dtype, device=zp.device)
+            for w in layout.windows:
+                count[:, :, w.top:w.bottom, w.left:w.right] += 1
+            cache["count"] = count.clamp(min=1)
+            cache["crops"] = torch.tensor([[w.top * vsf, w.left * vsf] for w in layout.windows])
+            cache["cfg"] = {}
+        out = self._denoise(scheduler, views, t, settings.multi_guidance_scale, cond, uncond, cache["crops"],
+                            target, settings.view_batch_size, cache["cfg"])
         total = torch.zeros_like(zp)
-        count = torch.zeros((1, 1, *zp.shape[-2:]), dtype=zp.dtype, device=zp.device)
         for k, w in enumerate(layout.windows):
             total[:, :, w.top:w.bottom, w.left:w.right] += out[k : k + 1]
-            count[:, :, w.top:w.bottom, w.left:w.right] += 1
-        fused = total / count.clamp(min=1)
+        fused = total / cache["count"]
         h, wd = z.shape[-2:]
         return fused[:, :, p : p + h, p : p + wd]
 
@@ -331,6 +351,8 @@ class Sampler:
                 return prompts, bank.conditioning(prompts.prompts)
 
             layout = patch = window_cond = None
+            local_cache: dict = {}
+            global_cache: dict = {}
             if settings.local_path:
                 layout = self.tiler.layout(size[0], size[1], plan.window, plan.stride, gen if settings.jitter else None)
                 patch, window_cond = decompose(layout)
@@ -349,17 +371,22 @@ class Sampler:
                         layout = self.tiler.layout(size[0], size[1], plan.window, plan.stride,
                                                    gen if settings.jitter else None)
                         patch, window_cond = decompose(layout)
-                    local = self._local(sched, z, t, layout, window_cond, uncond, settings, target)
+                        local_cache = {}
+                    local = self._local(sched, z, t, layout, window_cond, uncond, settings, target, local_cache)
                 if self.global_guidance is not None:
-                    cond_rows = cond_full
 
                     def denoise(req: ViewBatchRequest, t=t, sched=sched) -> torch.Tensor:
                         n = req.latents.shape[0]
                         crops = None if req.crops_top_left is None else torch.tensor(req.crops_top_left)
-                        rows = (_repeat_conditioning(cond_rows, n) if req.prompt_index is None
-                                else cond_rows.select(req.prompt_index))
+                        if req.prompts is None and crops is None:
+                            cache = global_cache.setdefault(n, {})
+                            rows = _repeat_conditioning(cond_full, n)
+                        else:  # views with their own prompts or crops: nothing to reuse
+                            cache = None
+                            rows = (_repeat_conditioning(cond_full, n) if req.prompts is None
+                                    else bank.conditioning(req.prompts))
                         return self._denoise(sched, req.latents, t, req.guidance_scale, rows, uncond, crops,
-                                             target, settings.view_batch_size)
+                                             target, settings.view_batch_size, cache)
 
                     glob = self.global_guidance.predict(GuidanceRequest(
                         latents=z, scale=s, timestep=float(t), step_index=i, cosine_factor=cos_f,

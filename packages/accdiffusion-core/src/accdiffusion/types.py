@@ -156,14 +156,14 @@ class ViewBatchRequest:
     """A batch of native-size latents for the UNet, with classifier-free guidance.
 
     ``latents``: ``(N, C, h, w)``, not yet scaled by the scheduler.
-    ``prompt_index``: row of the phase's prompt conditioning for each view, or
-    ``None`` for the whole prompt. ``crops_top_left``: ``(N, 2)`` SDXL crop
+    ``prompts``: one prompt per view, or ``None`` for the whole prompt (each
+    distinct prompt is encoded once per run). ``crops_top_left``: ``(N, 2)`` SDXL crop
     coordinates in image pixels, or ``None`` for ``(0, 0)``.
     """
 
     latents: torch.Tensor = attrs.field(eq=False)
     guidance_scale: float
-    prompt_index: Optional[tuple[int, ...]] = None
+    prompts: Optional[tuple[str, ...]] = None
     crops_top_left: Optional[tuple[tuple[int, int], ...]] = None
 
 

@@ -85,13 +85,19 @@ def from_dilated_samples(d: torch.Tensor, scale: int, shape: Sequence[int]) -> t
     return padded[..., h * scale - height :, w * scale - width :]
 
 
-def random_permutation(shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+def random_permutation(
+    shape: Sequence[int], generator: torch.Generator, device: Optional[torch.device] = None
+) -> torch.Tensor:
     """One random bijection of the ``shape[0]`` samples at every other index (window interaction).
 
-    ``perm = argsort(rand(shape), dim=0)``, drawn from ``generator`` on its
-    device; ``perm[:, c, y, x]`` is a permutation of ``0 .. shape[0] - 1``.
+    ``perm = argsort(rand(shape), dim=0)``: the uniform noise is drawn from
+    ``generator`` on its device (so a seed gives the same bijections on every
+    device), then moved to ``device`` (default: the generator's) and sorted
+    there; ``perm[:, c, y, x]`` is a permutation of ``0 .. shape[0] - 1``.
     """
     noise = torch.rand(tuple(shape), generator=generator, device=generator.device)
+    if device is not None:
+        noise = noise.to(device)
     return noise.argsort(dim=0)
 
 
@@ -134,7 +140,9 @@ class DilatedGuidance:
             f"gaussian_smoothing={self.gaussian_smoothing})"
         )
 
-    def permutation(self, shape: torch.Size, generator: Optional[torch.Generator]) -> Optional[torch.Tensor]:
+    def permutation(
+        self, shape: torch.Size, generator: Optional[torch.Generator], device: Optional[torch.device] = None
+    ) -> Optional[torch.Tensor]:
         """The bijection applied to the samples before the UNet; ``None``: none."""
         return None
 
@@ -149,7 +157,7 @@ class DilatedGuidance:
             c3 = 0.99 * request.cosine_factor**self.cosine_scale_3 + 0.01
             padded = smooth_latents(padded, s, self.sigma * c3)
         samples = to_dilated_samples(padded, s)
-        perm = self.permutation(samples.shape, request.generator)
+        perm = self.permutation(samples.shape, request.generator, samples.device)
         if perm is not None:
             samples = apply_permutation(samples, perm)
         out = request.denoise(ViewBatchRequest(latents=samples, guidance_scale=request.guidance_scale))
@@ -169,8 +177,10 @@ class WindowInteractionGuidance(DilatedGuidance):
     therefore required.
     """
 
-    def permutation(self, shape: torch.Size, generator: Optional[torch.Generator]) -> torch.Tensor:
-        """A fresh :func:`random_permutation` of the samples from ``generator``."""
+    def permutation(
+        self, shape: torch.Size, generator: Optional[torch.Generator], device: Optional[torch.device] = None
+    ) -> torch.Tensor:
+        """A fresh :func:`random_permutation` of the samples from ``generator``, sorted on ``device``."""
         if generator is None:
             raise ValueError("window_interaction draws its bijections from GuidanceRequest.generator, which is None")
-        return random_permutation(shape, generator)
+        return random_permutation(shape, generator, device)
