@@ -180,3 +180,10 @@ def test_global_guidance_can_ask_for_its_own_prompts_and_crops(pipes):
 
     result = generate(PROMPT, pipeline=pipes["sdxl"], scale=2, global_guidance=OwnPrompt(), **FAST)
     assert seen == [(1, 4, 16, 16)] * 3 and torch.isfinite(result.latents).all()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_models_load_and_run(tiny_sdxl_path, dtype):
+    result = generate(PROMPT, model=str(tiny_sdxl_path), dtype=dtype, device="cpu", scale=2, **FAST)
+    assert result.image.size == (64, 64)
+    assert result.latents.dtype == torch.float32 and torch.isfinite(result.latents).all()

@@ -56,6 +56,7 @@ def generate(
     prompt: str,
     *,
     model: Optional[str] = None,
+    model_config: Optional[str] = None,
     pipeline: Any = None,
     image: Union[None, str, os.PathLike, Image.Image] = None,
     host: Optional[PluginHost] = None,
@@ -71,7 +72,8 @@ def generate(
     ``options`` are :class:`Settings` fields (``height``, ``width``, ``scale``,
     ``steps``, ``seed``, ``c``, ...). ``model`` is a registered model name, a
     local diffusers folder, a single-file checkpoint or a hub id (default: the
-    ``shapes`` model); or pass a loaded ``pipeline``. Stage arguments take a
+    ``shapes`` model), with ``model_config`` naming the configs of a
+    single-file checkpoint; or pass a loaded ``pipeline``. Stage arguments take a
     registered name or a stage object; ``global_guidance="none"`` switches
     the global path off. ``image`` upscales a given image instead of
     generating phase 1. Every bad value is reported before the model loads.
@@ -93,7 +95,8 @@ def generate(
         info = inspect_folder(location)
         if info is not None:
             plan_sizes(settings, info["native_size"], info["vae_scale_factor"])
-        pipeline = load_pipeline(location, settings.dtype, settings.device, offload=settings.offload)
+        pipeline = load_pipeline(location, settings.dtype, settings.device, offload=settings.offload,
+                                 single_file_config=model_config)
     sampler = Sampler.from_pipeline(pipeline, settings, host=host, **overrides)
     start = time.perf_counter()
     result = sampler(settings, image=init_image, progress=progress)

@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", default=None,
                      help="registered model name, diffusers folder, single-file checkpoint or hub id "
                           "(default: the installed 'shapes' model)")
+    gen.add_argument("--model-config", default=None,
+                     help="for a single-file checkpoint: a diffusers folder or hub id with its configs")
     gen.add_argument("--image", default=None, help="upscale this image instead of generating phase 1")
     gen.add_argument("--output", "-o", default="outputs", help="output folder; each run writes a subfolder")
     gen.add_argument("--name", default=None, help="run subfolder name (default: time and seed)")
@@ -130,7 +132,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                if f.name not in ("prompt", "plugin_options")}
     options["plugin_options"] = dict(args.option)
     host = PluginHost()
-    result = generate(args.prompt, model=args.model, image=args.image, host=host,
+    result = generate(args.prompt, model=args.model, model_config=args.model_config, image=args.image, host=host,
                       progress=_progress(args.quiet), **options)
     settings = Settings(prompt=args.prompt, **options)
     decomposer = host.create("prompt_decomposer", settings.prompt_decomposer, settings)
