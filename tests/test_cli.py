@@ -131,7 +131,36 @@ def test_help_shows_every_default(capsys):
     with pytest.raises(SystemExit):
         cli.main(["generate", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    for fragment in ("(default: 50)", "(default: 0.3)", "(default: 7.5)", "(default: 16)", "(default: 0.8)",
+    for fragment in ("(default: 50;", "(default: 0.3;", "(default: 7.5;", "(default: 16;", "(default: 0.8;",
                      "(default: cross_attention)", "(default: window_interaction)", "(default: bicubic_latent)",
-                     "(default: sliding_window)", "(default: 3.0)", "(default: float32)", "(default: True)", "(default: False)"):
+                     "(default: sliding_window)", "(default: 3.0)", "(default: float32)", "(default: True)",
+                     "(default: False)", "(default: auto)"):
         assert fragment in out, fragment
+
+
+def test_model_recommendations_apply_unless_the_user_overrides(tmp_path, capsys, tiny_sd15_path):
+    from accdiffusion import PluginHost, generate, hookimpl
+
+    class Registers:
+        @hookimpl
+        def accdiffusion_register_models(self, register):
+            register("tiny", str(tiny_sd15_path), description="tiny SD", defaults={"steps": 2, "guidance_scale": 3.0})
+
+    host = PluginHost([Registers()])
+    recommended = generate("a cat", model="tiny", host=host, seed=1)
+    assert recommended.record["settings"]["steps"] == 2 and recommended.record["settings"]["guidance_scale"] == 3.0
+    assert recommended.record["model"]["defaults"] == {"steps": 2, "guidance_scale": 3.0}
+    explicit = generate("a cat", model="tiny", host=host, seed=1, steps=1)
+    assert explicit.record["settings"]["steps"] == 1 and explicit.record["settings"]["guidance_scale"] == 3.0
+
+
+def test_model_defaults_must_name_settings():
+    from accdiffusion import PluginError, PluginHost, hookimpl
+
+    class Bad:
+        @hookimpl
+        def accdiffusion_register_models(self, register):
+            register("m", "/x", defaults={"stepz": 3})
+
+    with pytest.raises(PluginError, match=r"unknown settings \['stepz'\]"):
+        PluginHost([Bad()], entry_points=False)

@@ -216,7 +216,8 @@ def test_documented_command_lines_parse(path):
             if "accdiffusion" in words and words[words.index("accdiffusion") + 1:][:1] == ["generate"]:
                 args = parser.parse_args(words[words.index("accdiffusion") + 1:])
                 Settings(prompt=args.prompt, **{f.name: getattr(args, f.name) for f in FIELDS
-                                                 if f.name not in ("prompt", "plugin_options")})
+                                                 if f.name not in ("prompt", "plugin_options")
+                                                 and hasattr(args, f.name)})
                 commands += 1
     assert commands > 0
 

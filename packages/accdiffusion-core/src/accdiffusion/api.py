@@ -76,7 +76,9 @@ def generate(
     single-file checkpoint; or pass a loaded ``pipeline``. Stage arguments take a
     registered name or a stage object; ``global_guidance="none"`` switches
     the global path off. ``image`` upscales a given image instead of
-    generating phase 1. Every bad value is reported before the model loads.
+    generating phase 1. A registered model's recommended settings apply
+    where ``options`` do not say otherwise. Every bad value is reported
+    before the model loads.
     """
     overrides = {}
     for stage, value in (("prompt_decomposer", prompt_decomposer), ("tiler", tiler),
@@ -85,8 +87,10 @@ def generate(
             options[stage] = value
         elif value is not None:
             overrides[stage] = value
-    settings = Settings(prompt=prompt, **options)
     host = host or PluginHost()
+    model_name = DEFAULT_MODEL if model is None and pipeline is None else model
+    defaults = host.model_defaults(model_name) if pipeline is None else {}
+    settings = Settings(prompt=prompt, **{**defaults, **options})
     check_stage_names(settings, host, overrides)
     init_image = load_image(image) if isinstance(image, (str, os.PathLike)) else image
     location = None
@@ -101,4 +105,6 @@ def generate(
     start = time.perf_counter()
     result = sampler(settings, image=init_image, progress=progress)
     record = build_record(result, settings, sampler, model=location, seconds=time.perf_counter() - start)
+    record["model"]["name"] = model_name
+    record["model"]["defaults"] = defaults
     return attrs.evolve(result, record=record)

@@ -55,6 +55,10 @@ _HELP = {
     "save_stages": "also save the image of every phase",
 }
 
+#: Settings a registered model may recommend values for (shown in ``--help``).
+_MODEL_TUNABLE = {"steps", "guidance_scale", "multi_guidance_scale", "scale", "stride", "view_batch_size",
+                  "scheduler", "c", "sigma", "negative_prompt"}
+
 _CHOICES = {"scheduler": SCHEDULERS, "dtype": DTYPES, "offload": OFFLOAD}
 
 
@@ -101,7 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = _DEFAULTS.get(f.name)
-        kwargs: dict[str, Any] = {"default": default, "help": _HELP.get(f.name, f.name)}
+        text = _HELP.get(f.name, f.name)
+        if default is not None:
+            text += f" (default: {default}"
+            text += "; a registered model may recommend another)" if f.name in _MODEL_TUNABLE else ")"
+        # SUPPRESS: only flags the user gives reach the settings, so model recommendations can apply
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": text}
         if isinstance(default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
         elif f.name in _CHOICES:
@@ -129,12 +138,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .plugins import PluginHost
 
     options = {f.name: getattr(args, f.name) for f in attrs.fields(Settings)
-               if f.name not in ("prompt", "plugin_options")}
+               if f.name not in ("prompt", "plugin_options") and hasattr(args, f.name)}
     options["plugin_options"] = dict(args.option)
     host = PluginHost()
     result = generate(args.prompt, model=args.model, model_config=args.model_config, image=args.image, host=host,
                       progress=_progress(args.quiet), **options)
-    settings = Settings(prompt=args.prompt, **options)
+    settings = Settings(**result.record["settings"])
     decomposer = host.create("prompt_decomposer", settings.prompt_decomposer, settings)
     name = args.name or time.strftime("%Y%m%d-%H%M%S") + f"-seed{result.seed}"
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name.startswith("."):
@@ -162,7 +171,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             print(f"    {NO_GLOBAL_GUIDANCE:<22} switch the global path off (MultiDiffusion with skip residual)")
     print("models:")
     for name, reg in sorted(host.registry.models.items()):
-        print(f"    {name:<22} {reg.description or reg.target}  [{reg.plugin}]")
+        extra = ", ".join(f"{k}={v}" for k, v in sorted(reg.defaults.items()))
+        print(f"    {name:<22} {reg.description or reg.target}{f' (recommends {extra})' if extra else ''}"
+              f"  [{reg.plugin}]")
     print("(* = default)")
     return 0
 

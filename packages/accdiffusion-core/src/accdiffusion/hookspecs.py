@@ -31,10 +31,13 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 def accdiffusion_register_models(register) -> None:
     """Register named models.
 
-    Call ``register(name, location, description="")`` where ``location`` is a
-    hub id, a local diffusers folder or a single-file checkpoint. ``accdiffusion
-    generate --model NAME`` then loads ``location``; the model named ``shapes``
-    is the default when installed.
+    Call ``register(name, location, description="", defaults=None)`` where
+    ``location`` is a hub id, a local diffusers folder or a single-file
+    checkpoint, and ``defaults`` maps :class:`accdiffusion.Settings` fields to
+    the values this model recommends (e.g. ``{"steps": 20}``); settings the
+    user gives explicitly win. ``accdiffusion generate --model NAME`` then
+    loads ``location``; the model named ``shapes`` is the default when
+    installed.
     """
 
 

@@ -37,6 +37,7 @@ class Registration:
     target: Any
     description: str = ""
     plugin: str = ""
+    defaults: dict = attrs.field(factory=dict)
 
 
 class Registry:
@@ -50,9 +51,18 @@ class Registry:
         """The ``register`` callable handed to one plugin's hook for ``stage``."""
         table = self._stages[stage] if stage != "model" else self._models
 
-        def register(name: str, target: Any, description: str = "") -> None:
+        def register(name: str, target: Any, description: str = "", defaults: Optional[dict] = None) -> None:
             if not isinstance(name, str) or not name:
                 raise PluginError(f"plugin {plugin!r} registered a {stage} with an invalid name {name!r}")
+            if defaults is not None and stage != "model":
+                raise PluginError(f"plugin {plugin!r}: only models take defaults, not {stage} {name!r}")
+            if defaults:
+                from .settings import Settings
+
+                fields = {f.name for f in attrs.fields(Settings)} - {"prompt"}
+                unknown = sorted(set(defaults) - fields)
+                if unknown:
+                    raise PluginError(f"plugin {plugin!r}: model {name!r} has defaults for unknown settings {unknown}")
             if stage == "global_guidance" and name == NO_GLOBAL_GUIDANCE:
                 raise PluginError(f"plugin {plugin!r}: the global_guidance name 'none' is reserved")
             if stage != "model" and not callable(target):
@@ -60,7 +70,7 @@ class Registry:
             if name in table:
                 other = table[name].plugin
                 raise PluginError(f"{stage} {name!r} is registered twice: by {other!r} and by {plugin!r}")
-            table[name] = Registration(name, target, description, plugin)
+            table[name] = Registration(name, target, description, plugin, dict(defaults or {}))
 
         return register
 
@@ -170,3 +180,8 @@ class PluginHost:
         """The location registered under ``name``, or ``None``."""
         reg = self.registry.models.get(name)
         return None if reg is None else str(reg.target)
+
+    def model_defaults(self, name: Optional[str]) -> dict:
+        """Settings the model registered under ``name`` recommends (empty if none or unregistered)."""
+        reg = self.registry.models.get(name) if name is not None else None
+        return {} if reg is None else dict(reg.defaults)
