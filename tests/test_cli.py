@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+import torch
 from PIL import Image
 
 from accdiffusion import cli
@@ -164,3 +165,22 @@ def test_model_defaults_must_name_settings():
 
     with pytest.raises(PluginError, match=r"unknown settings \['stepz'\]"):
         PluginHost([Bad()], entry_points=False)
+
+
+def test_single_file_checkpoint_that_no_family_reads(tmp_path, capsys, tiny_sd15_path):
+    from safetensors.torch import save_file
+
+    ckpt = tmp_path / "model.safetensors"
+    save_file({"not.a.unet.weight": torch.zeros(2, 2)}, str(ckpt))
+    code, _, err = run(["generate", "x", "--model", str(ckpt), "--model-config", str(tiny_sd15_path),
+                        "--steps", "1", "-q", "--output", str(tmp_path / "out")], capsys)
+    assert code == 2
+    assert f"cannot read single-file checkpoint {str(ckpt)!r} as SDXL or SD" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
+    other = tmp_path / "model.bin"
+    other.write_bytes(b"\0" * 8)
+    code, _, err = run(["generate", "x", "--model", str(other)], capsys)
+    assert code == 2 and "not a single-file checkpoint" in err

@@ -75,13 +75,14 @@ def test_non_square_sizes(pipes, height, width):
     assert result.attention.maps.shape[:2] == ((h1 + 3) // 4, (w1 + 3) // 4)
 
 
+@pytest.mark.parametrize("family", ["sdxl", "sd15"])
 @pytest.mark.parametrize(
     "decomposer, guidance, upscaler",
     list(itertools.product(["cross_attention", "identical"], ["window_interaction", "dilated", "none"],
                            ["bicubic_latent", "pixel"])),
 )
-def test_all_stage_combinations(pipes, decomposer, guidance, upscaler):
-    result = generate(PROMPT, pipeline=pipes["sd15"], scale=2, prompt_decomposer=decomposer,
+def test_all_stage_combinations(pipes, family, decomposer, guidance, upscaler):
+    result = generate(PROMPT, pipeline=pipes[family], scale=2, prompt_decomposer=decomposer,
                       global_guidance=guidance, upscaler=upscaler, **FAST)
     assert result.image.size == (64, 64) and torch.isfinite(result.latents).all()
     assert result.record["plugins"] == {"prompt_decomposer": decomposer, "tiler": "sliding_window",
