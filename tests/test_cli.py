@@ -55,7 +55,7 @@ def test_same_seed_same_file(tiny_sd15_path, tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--prompt-decomposer", "sam"], "unknown prompt_decomposer 'sam'; installed: cross_attention, identical"),
+        (["--prompt-decomposer", "no_such"], "unknown prompt_decomposer 'no_such'; installed: cross_attention, identical"),
         (["--global-guidance", "fancy"], "unknown global_guidance 'fancy'"),
         (["--height", "16"], "height=16 is not allowed: at least the model's native size 32 px"),
         (["--width", "100"], "width=100 is not allowed: a positive multiple of 8"),
