@@ -49,27 +49,42 @@ def attention_sheet(attention: AttentionMaps, masks: Optional[torch.Tensor] = No
     return sheet
 
 
-def patch_prompt_sheet(image: Image.Image, layout: WindowLayout, prompts: PatchPrompts, vae_scale_factor: int,
-                       *, width: int = 768) -> Image.Image:
-    """The image with every window outlined and numbered, and the list of patch prompts beside it."""
-    scale = width / image.width
-    base = image.convert("RGB").resize((width, max(1, round(image.height * scale))), Image.BICUBIC)
-    draw = ImageDraw.Draw(base)
-    f = vae_scale_factor * scale
-    for k, w in enumerate(layout.on_canvas()):
-        color = _PALETTE[k % len(_PALETTE)]
-        box = [w.left * f, w.top * f, w.right * f - 1, w.bottom * f - 1]
-        draw.rectangle(box, outline=color, width=2)
-        draw.text((box[0] + 3 + 2 * (k % 3), box[1] + 3 + 10 * (k % 2)), str(k), fill=color, font=_font())
-    lines: list[str] = []
-    for k, p in enumerate(prompts.prompts):
-        lines.extend(textwrap.wrap(f"{k}: {p or '(empty)'}", 60) or [f"{k}:"])
-    text_w = 380
-    sheet = Image.new("RGB", (base.width + text_w, max(base.height, 14 * len(lines) + 8)), "white")
-    sheet.paste(base, (0, 0))
+def patch_prompt_sheet(image: Image.Image, layout: WindowLayout, prompts: PatchPrompts, vae_scale_factor: float,
+                       *, tile: int = 160) -> Image.Image:
+    """Every window's part of ``image`` with its patch prompt under it, in
+    window order (row-major for the default tiler), plus an overview with the
+    windows outlined. ``vae_scale_factor``: image pixels per latent pixel of
+    the layout's canvas."""
+    f = vae_scale_factor
+    windows = layout.on_canvas()
+    columns = max(1, round(len(windows) ** 0.5))
+    while columns * columns < len(windows) and len(windows) % columns:
+        columns += 1
+    rows = (len(windows) + columns - 1) // columns
+    text_h = 46
+    overview = image.convert("RGB").resize((tile * 2, max(1, round(image.height * tile * 2 / image.width))))
+    width = max(columns * (tile + 6) + 6, overview.width + 12)
+    sheet = Image.new("RGB", (width, overview.height + 16 + rows * (tile + text_h + 6) + 6), "white")
     draw = ImageDraw.Draw(sheet)
-    for i, line in enumerate(lines):
-        draw.text((base.width + 6, 4 + 14 * i), line, fill="black", font=_font())
+    sheet.paste(overview, (6, 6))
+    o = overview.width / image.width
+    for k, w in enumerate(windows):
+        color = _PALETTE[k % len(_PALETTE)]
+        draw.rectangle([6 + w.left * f * o, 6 + w.top * f * o, 6 + w.right * f * o - 1, 6 + w.bottom * f * o - 1],
+                       outline=color, width=1)
+    top0 = overview.height + 16
+    for k, (w, prompt) in enumerate(zip(windows, prompts.prompts)):
+        x = 6 + (k % columns) * (tile + 6)
+        y = top0 + (k // columns) * (tile + text_h + 6)
+        box = (max(0, round(w.left * f)), max(0, round(w.top * f)),
+               min(image.width, round(w.right * f)), min(image.height, round(w.bottom * f)))
+        crop = image.convert("RGB").crop(box)
+        crop = crop.resize((tile, max(1, round(tile * crop.height / max(1, crop.width)))), Image.NEAREST)
+        sheet.paste(crop, (x, y))
+        draw.rectangle([x, y, x + tile - 1, y + crop.height - 1], outline=_PALETTE[k % len(_PALETTE)], width=2)
+        lines = textwrap.wrap(f"{k}: {prompt or '(empty)'}", max(8, tile // 6))[:3]
+        for i, line in enumerate(lines):
+            draw.text((x, y + crop.height + 2 + 12 * i), line, fill="black", font=_font())
     return sheet
 
 
