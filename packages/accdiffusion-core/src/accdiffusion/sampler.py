@@ -293,7 +293,6 @@ class Sampler:
             timesteps = sched.timesteps
             if init_image is None:
                 z = torch.randn((1, a.latent_channels, h1, w1), generator=gen).to(device) * sched.init_noise_sigma
-                start = 0
             else:
                 x = from_image(init_image, (h1 * a.vae_scale_factor, w1 * a.vae_scale_factor))
                 encoded = a.encode_images(x, gen).to(device)
