@@ -171,7 +171,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             print(f"    {NO_GLOBAL_GUIDANCE:<22} switch the global path off (MultiDiffusion with skip residual)")
     print("models:")
     for name, reg in sorted(host.registry.models.items()):
-        extra = ", ".join(f"{k}={v}" for k, v in sorted(reg.defaults.items()))
+        extra = ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in sorted(reg.defaults.items()))
         print(f"    {name:<22} {reg.description or reg.target}{f' (recommends {extra})' if extra else ''}"
               f"  [{reg.plugin}]")
     print("(* = default)")
