@@ -1,0 +1,229 @@
+"""Object-repetition benchmark: count repeated objects per method.
+
+Generates a fixed prompt set x seeds at several scale factors with
+
+* ``direct``: plain sampling at the high size (the diffusers pipeline alone);
+* ``multidiffusion``: local windows only, identical prompts (with DemoFusion's
+  progressive upscaling and skip residual);
+* ``demofusion``: identical prompts, plain dilated sampling;
+* ``patch-prompts``: AccDiffusion's patch prompts, plain dilated sampling;
+* ``interaction``: identical prompts, dilated sampling with window interaction;
+* ``accdiffusion``: patch prompts and window interaction (the full method);
+
+and counts the objects in every image with the procedural detector (see
+:func:`count_named` for what counts as a copy). Per method: mean copies of
+the named objects per image against the prompt's count, the share of images
+with extra copies of a named object, the share with exactly the named
+objects and nothing else, mean seconds per image. Writes every image under ``images/``, one
+``parts/<factor>x-<method>.json`` per method and factor, and from all parts
+present ``repetition.md`` (table), ``repetition.json`` (every image's counts)
+and ``repetition-<factor>x.png`` (grids: one row per method). Runs for
+different factors or methods can go in parallel into one folder; the last to
+finish (or ``--summarize-only``) writes the merged table.
+
+Usage::
+
+    python -m accdiffusion_shapes.repetition --out docs/repetition [--factors 3 4] [--seeds 0 1] [--steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+import accdiffusion
+from PIL import Image, ImageFilter
+
+from accdiffusion.loading import load_pipeline
+from accdiffusion.viz import grid
+from accdiffusion_shapes import default_model_path
+from accdiffusion_shapes.detector import detect
+
+#: ``(prompt, named objects as (colour, shape) -> count)``.
+PROMPTS: tuple[tuple[str, dict[tuple[str, str], int]], ...] = (
+    ("a red circle on a white background", {("red", "circle"): 1}),
+    ("a blue square on a black background", {("blue", "square"): 1}),
+    ("a green triangle on a gray background", {("green", "triangle"): 1}),
+    ("a yellow circle on a black background", {("yellow", "circle"): 1}),
+    ("a red square and a blue circle on a white background", {("red", "square"): 1, ("blue", "circle"): 1}),
+)
+
+#: Method name -> stage choices for :func:`accdiffusion.generate` (``None``: direct sampling).
+METHODS: dict[str, Optional[dict[str, str]]] = {
+    "direct": None,
+    "multidiffusion": {"prompt_decomposer": "identical", "global_guidance": "none"},
+    "demofusion": {"prompt_decomposer": "identical", "global_guidance": "dilated"},
+    "patch-prompts": {"prompt_decomposer": "cross_attention", "global_guidance": "dilated"},
+    "interaction": {"prompt_decomposer": "identical", "global_guidance": "window_interaction"},
+    "accdiffusion": {"prompt_decomposer": "cross_attention", "global_guidance": "window_interaction"},
+}
+
+
+#: A copy is a connected component of at least this share of the *native* image
+#: area (about half a small object at native size): smaller specks do not count.
+MIN_COPY_AREA = 0.025
+
+
+def count_named(image: Any, named: dict[tuple[str, str], int], native: int) -> dict[str, Any]:
+    """Copies of the prompt's named objects found in ``image``.
+
+    The image is median-filtered (3x3) so that isolated noisy pixels do not
+    join objects, then every connected component of an object colour with at
+    least :data:`MIN_COPY_AREA` of ``native**2`` pixels is a copy. Copies are
+    counted by colour (each prompt names distinct colours), since shapes
+    distorted by upscaling are not reliably classified; ``shape_matched``
+    counts those whose shape is also the named one.
+    """
+    filtered = image.convert("RGB").filter(ImageFilter.MedianFilter(3))
+    found = detect(filtered, reference_size=native, min_area_fraction=MIN_COPY_AREA)
+    by_color = Counter(o.color for o in found)
+    by_object = Counter((o.color, o.shape) for o in found)
+    colors = {c: n for (c, _), n in named.items()}
+    return {
+        "named": sum(by_color.get(c, 0) for c in colors),
+        "shape_matched": sum(by_object.get(k, 0) for k in named),
+        "expected": sum(named.values()),
+        "total": sum(by_color.values()),
+        "extra": any(by_color.get(c, 0) > n for c, n in colors.items()),
+        "exact": by_color == Counter(colors),
+        "per_object": {f"{c} {s}": by_color.get(c, 0) for (c, s) in named},
+    }
+
+
+def run_one(method: str, pipe: Any, prompt: str, factor: int, seed: int, steps: int,
+            guidance: float, negative_prompt: str = "") -> tuple[Any, float]:
+    """One image of ``method`` and the seconds it took (same scheduler, steps,
+    guidance and negative prompt for every method)."""
+    start = time.perf_counter()
+    if METHODS[method] is None:
+        native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        image = pipe(prompt, negative_prompt=negative_prompt, height=native * factor, width=native * factor,
+                     num_inference_steps=steps, guidance_scale=guidance,
+                     generator=torch.Generator().manual_seed(seed)).images[0]
+    else:
+        image = accdiffusion.generate(prompt, pipeline=pipe, scale=factor, steps=steps, seed=seed,
+                                      guidance_scale=guidance, multi_guidance_scale=guidance,
+                                      negative_prompt=negative_prompt, **METHODS[method]).image
+    return image, time.perf_counter() - start
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (factor, method): means and shares over all images."""
+    out = []
+    keys = sorted({(r["factor"], r["method"]) for r in rows}, key=lambda k: (k[0], list(METHODS).index(k[1])))
+    for factor, method in keys:
+        sel = [r for r in rows if r["factor"] == factor and r["method"] == method]
+        n = len(sel)
+        out.append({
+            "factor": factor, "method": method, "images": n,
+            "named_per_image": sum(r["named"] for r in sel) / n,
+            "shape_matched_per_image": sum(r["shape_matched"] for r in sel) / n,
+            "expected_per_image": sum(r["expected"] for r in sel) / n,
+            "total_per_image": sum(r["total"] for r in sel) / n,
+            "extra_share": sum(r["extra"] for r in sel) / n,
+            "exact_share": sum(r["exact"] for r in sel) / n,
+            "seconds_per_image": sum(r["seconds"] for r in sel) / n,
+        })
+    return out
+
+
+def markdown(summary: list[dict[str, Any]], command: str) -> str:
+    """The summary as a markdown table, with the command that produced it."""
+    lines = [
+        "| factor | method | images | copies of named objects / image (prompt's count) | of those with the named "
+        "shape | all objects / image | images with extra copies | images exactly as prompted | s / image |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summary:
+        lines.append(
+            f"| {s['factor']}x | {s['method']} | {s['images']} | {s['named_per_image']:.2f} "
+            f"({s['expected_per_image']:.2f}) | {s['shape_matched_per_image']:.2f} | {s['total_per_image']:.2f} "
+            f"| {100 * s['extra_share']:.0f}% "
+            f"| {100 * s['exact_share']:.0f}% | {s['seconds_per_image']:.1f} |"
+        )
+    return f"Command: `{command}`\n\n" + "\n".join(lines) + "\n"
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m accdiffusion_shapes.repetition", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=str(default_model_path()), help="diffusers folder of a shapes-world model")
+    p.add_argument("--out", required=True, help="output folder for the table, JSON and grids")
+    p.add_argument("--factors", type=int, nargs="+", default=[3, 4], help="scale factors")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds per prompt")
+    p.add_argument("--steps", type=int, default=20, help="denoising steps per phase")
+    p.add_argument("--guidance", type=float, default=4.0, help="CFG scale of every path (the model card's)")
+    p.add_argument("--negative-prompt", default="", help="negative prompt of every method (the model was trained "
+                   "with empty captions for guidance; words outside its vocabulary mean nothing to it)")
+    p.add_argument("--prompts", type=int, default=len(PROMPTS), help="use the first N prompts of the set")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="methods to run")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--summarize-only", action="store_true",
+                   help="only rebuild the table and grids from the parts already in OUT (after parallel runs)")
+    return p.parse_args(argv)
+
+
+def summarize_folder(out: Path, command: str) -> str:
+    """Merge every ``parts/*.json`` of ``out`` into the table, JSON and grids."""
+    rows: list[dict[str, Any]] = []
+    for part in sorted((out / "parts").glob("*.json")):
+        rows.extend(json.loads(part.read_text()))
+    if not rows:
+        raise SystemExit(f"no results in {out / 'parts'}")
+    order = list(METHODS)
+    rows.sort(key=lambda r: (r["factor"], order.index(r["method"]), r["prompt_index"], r["seed"]))
+    for factor in sorted({r["factor"] for r in rows}):
+        sel = [r for r in rows if r["factor"] == factor]
+        columns = len({(r["prompt_index"], r["seed"]) for r in sel})
+        images = [Image.open(out / r["image"]) for r in sel]
+        labels = [f"{r['method']} {r['named']}/{r['expected']}" for r in sel]
+        grid(images, labels, columns=columns, tile=160).save(out / f"repetition-{factor}x.png")
+    summary = summarize(rows)
+    table = markdown(summary, command)
+    (out / "repetition.md").write_text(table)
+    (out / "repetition.json").write_text(json.dumps({"summary": summary, "images": rows}, indent=2))
+    return table
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    command = "python -m accdiffusion_shapes.repetition " + " ".join(
+        [f"--out {args.out}", "--factors", *map(str, args.factors), "--seeds", *map(str, args.seeds),
+         f"--steps {args.steps}", f"--guidance {args.guidance}", f"--prompts {args.prompts}"]
+        + ([f"--negative-prompt {args.negative_prompt!r}"] if args.negative_prompt else []))
+    if not args.summarize_only:
+        (out / "parts").mkdir(parents=True, exist_ok=True)
+        pipe = load_pipeline(args.model)
+        native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        prompts = PROMPTS[: args.prompts]
+        for factor in args.factors:
+            for method in args.methods:
+                rows: list[dict[str, Any]] = []
+                folder = out / "images" / f"{factor}x" / method
+                folder.mkdir(parents=True, exist_ok=True)
+                for k, (prompt, named) in enumerate(prompts):
+                    for seed in args.seeds:
+                        image, seconds = run_one(method, pipe, prompt, factor, seed, args.steps, args.guidance,
+                                                 args.negative_prompt)
+                        counts = count_named(image, named, native)
+                        name = folder / f"{k}-{seed}.png"
+                        image.save(name)
+                        rows.append({"factor": factor, "method": method, "prompt": prompt, "prompt_index": k,
+                                     "seed": seed, "seconds": round(seconds, 3),
+                                     "image": str(name.relative_to(out)), **counts})
+                        print(f"{factor}x {method:<15} seed {seed} {prompt!r}: {counts['per_object']} "
+                              f"({seconds:.1f} s)", flush=True)
+                (out / "parts" / f"{factor}x-{method}.json").write_text(json.dumps(rows, indent=2))
+    print(summarize_folder(out, command))
+
+
+if __name__ == "__main__":
+    main()

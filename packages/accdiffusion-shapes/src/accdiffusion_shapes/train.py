@@ -1,0 +1,368 @@
+"""Train the shapes-world text-to-image model and export it as a diffusers pipeline.
+
+Usage::
+
+    python -m accdiffusion_shapes.train --out runs/main --steps 5000
+
+Scenes are generated on the fly from a seeded :class:`numpy.random.Generator`.
+The UNet and the CLIP text encoder are trained jointly with the epsilon
+objective (with offset noise, a per-channel constant added to the noise,
+which lets the model produce the pure white and black backgrounds that the
+non-zero terminal SNR of the noise schedule would otherwise pull towards grey);
+captions are dropped to ``""`` with probability ``--drop-prob`` so the
+model supports classifier-free guidance.  The run directory receives
+``loss.csv``, resumable checkpoints (``checkpoint.pt``), sample grids
+(``samples/step_XXXXXX.png``) and finally the pipeline folder ``model/``.
+Building the tokenizer needs :mod:`accdiffusion_testing`; the exported folder
+contains the tokenizer files, so loading the model does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from PIL import Image, ImageDraw
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from accdiffusion_shapes import world
+from accdiffusion_shapes.codec import PixelCodec
+
+SAMPLE_PROMPTS: tuple[str, ...] = (
+    "a red circle on a white background",
+    "a blue square on a black background",
+    "a large green triangle on a gray background",
+    "a small yellow circle on a black background",
+    "a red square and a blue circle on a white background",
+    "a white background",
+    "an empty gray background",
+    "",
+)
+"""Prompts of the sample grids written during training."""
+
+
+def build_tokenizer(folder: Path) -> CLIPTokenizer:
+    """Write a CLIP tokenizer with one token per word of :data:`world.VOCABULARY` and load it."""
+    from accdiffusion_testing.tokenizer import write_clip_tokenizer
+
+    return CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder, world.VOCABULARY))
+
+
+def build_text_encoder(tokenizer: CLIPTokenizer, hidden_size: int = 64, layers: int = 3) -> CLIPTextModel:
+    """Create a randomly initialised tiny CLIP text encoder matching ``tokenizer``."""
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        max_position_embeddings=tokenizer.model_max_length,
+        projection_dim=hidden_size,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(config)
+
+
+def build_unet(sample_size: int = world.NATIVE_SIZE, cross_attention_dim: int = 64) -> UNet2DConditionModel:
+    """Create the pixel-space UNet.
+
+    Blocks run at sides ``s``, ``s/2`` and ``s/4``; cross-attention sits in the
+    down and up blocks at ``s/4`` (and the mid block), the resolution whose
+    attention maps AccDiffusion's prompt decomposer reads.
+    """
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(32, 64, 96),
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+
+
+def build_scheduler() -> EulerDiscreteScheduler:
+    """Create the Stable-Diffusion-style Euler scheduler used for training and sampling."""
+    return EulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+
+
+def make_pipeline(
+    unet: UNet2DConditionModel, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer
+) -> StableDiffusionPipeline:
+    """Assemble a ``StableDiffusionPipeline`` around the pixel codec."""
+    return StableDiffusionPipeline(
+        vae=PixelCodec(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=build_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def make_batch(
+    rng: np.random.Generator, batch_size: int, drop_prob: float, supersample: int
+) -> tuple[torch.Tensor, list[str]]:
+    """Render ``batch_size`` random scenes as a tensor in ``[-1, 1]`` with their captions.
+
+    Each caption is replaced by ``""`` with probability ``drop_prob``.
+    """
+    images, captions = [], []
+    for _ in range(batch_size):
+        image, text, _scene = world.sample(rng, supersample=supersample)
+        images.append(np.asarray(image, dtype=np.float32))
+        captions.append("" if rng.random() < drop_prob else text)
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) / 127.5 - 1.0
+    return pixels, captions
+
+
+class CaptionEncoder:
+    """Tokenize captions the way ``StableDiffusionPipeline.encode_prompt`` does, with a cache."""
+
+    def __init__(self, tokenizer: CLIPTokenizer) -> None:
+        """Wrap ``tokenizer``."""
+        self.tokenizer = tokenizer
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        """Return padded token ids of shape ``(len(captions), model_max_length)``."""
+        for text in captions:
+            if text not in self.cache:
+                self.cache[text] = self.tokenizer(
+                    text,
+                    padding="max_length",
+                    max_length=self.tokenizer.model_max_length,
+                    truncation=True,
+                    return_tensors="pt",
+                ).input_ids[0]
+        return torch.stack([self.cache[text] for text in captions])
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """Move the parameters of ``ema`` towards those of ``model``."""
+    for ema_param, param in zip(ema.parameters(), model.parameters()):
+        ema_param.lerp_(param, 1.0 - decay)
+
+
+def save_sample_grid(pipe: StableDiffusionPipeline, path: Path, seed: int, per_prompt: int = 4) -> None:
+    """Generate ``per_prompt`` images for each of :data:`SAMPLE_PROMPTS` and save them as one grid."""
+    images = pipe(
+        list(SAMPLE_PROMPTS) * per_prompt,
+        height=world.NATIVE_SIZE,
+        width=world.NATIVE_SIZE,
+        num_inference_steps=20,
+        guidance_scale=4.0,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="pil",
+    ).images
+    side = world.NATIVE_SIZE
+    grid = Image.new("RGB", (side * len(SAMPLE_PROMPTS), side * per_prompt))
+    for index, image in enumerate(images):
+        grid.paste(image, ((index % len(SAMPLE_PROMPTS)) * side, (index // len(SAMPLE_PROMPTS)) * side))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.resize((grid.width * 4, grid.height * 4), Image.Resampling.NEAREST).save(path)
+
+
+def plot_loss_curve(csv_path: Path, png_path: Path, window: int = 50) -> None:
+    """Draw the training loss of ``loss.csv`` (raw and ``window``-step moving average, log scale) as a PNG."""
+    with csv_path.open(newline="") as handle:
+        rows = [(int(row["step"]), float(row["loss"])) for row in csv.DictReader(handle)]
+    steps = np.array([step for step, _ in rows], dtype=float)
+    losses = np.log10(np.array([loss for _, loss in rows]))
+    smooth = np.convolve(losses, np.ones(window) / window, mode="valid") if len(losses) >= window else losses
+    width, height, pad = 640, 360, 48
+    low, high = np.floor(losses.min() * 4) / 4, np.ceil(losses.max() * 4) / 4
+    last = max(steps[-1], 1.0)
+
+    def point(step: float, value: float) -> tuple[float, float]:
+        """Canvas coordinates of a (step, log10 loss) pair."""
+        x = pad + (width - 2 * pad) * step / last
+        y = height - pad - (height - 2 * pad) * (value - low) / max(high - low, 1e-9)
+        return x, y
+
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((pad, pad, width - pad, height - pad), outline="black")
+    for tick in np.arange(low, high + 1e-9, 0.25):
+        x, y = point(0, tick)
+        draw.line((x - 4, y, x, y), fill="black")
+        draw.text((4, y - 6), f"{10**tick:.3g}", fill="black")
+    for tick in np.linspace(0, last, 5):
+        x, y = point(tick, low)
+        draw.line((x, y, x, y + 4), fill="black")
+        draw.text((x - 12, y + 8), f"{int(tick)}", fill="black")
+    draw.line([point(s, v) for s, v in zip(steps, losses)], fill=(190, 190, 230))
+    draw.line([point(s, v) for s, v in zip(steps[window - 1 :], smooth)], fill=(200, 30, 30), width=2)
+    draw.text((pad, 16), f"training loss (log scale), {window}-step moving average in red; x: step", fill="black")
+    image.save(png_path)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse command-line arguments."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="run directory")
+    parser.add_argument("--steps", type=int, required=True, help="total number of optimisation steps")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=200, help="linear learning-rate warm-up steps")
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument(
+        "--offset-noise",
+        type=float,
+        default=0.1,
+        help="std of extra per-image, per-channel constant noise, so global brightness is learnt from the caption",
+    )
+    parser.add_argument("--drop-prob", type=float, default=0.1, help="probability of an empty caption")
+    parser.add_argument("--supersample", type=int, default=2, help="anti-aliasing factor of the renders")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--checkpoint-every", type=int, default=200)
+    parser.add_argument("--sample-every", type=int, default=500, help="0 disables sample grids")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    return parser.parse_args(argv)
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Run (or resume) training as configured by ``args`` and export the pipeline.
+
+    Returns:
+        The exported pipeline folder ``args.out / "model"``.
+    """
+    torch.set_num_threads(args.threads)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = out / "checkpoint.pt"
+
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    tokenizer = build_tokenizer(out / "tokenizer")
+    unet = build_unet()
+    text_encoder = build_text_encoder(tokenizer)
+    ema_unet = copy.deepcopy(unet).requires_grad_(False)
+    ema_text_encoder = copy.deepcopy(text_encoder).requires_grad_(False)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    alphas_cumprod = build_scheduler().alphas_cumprod.float()
+    encode = CaptionEncoder(tokenizer)
+
+    step, elapsed = 0, 0.0
+    if args.resume and checkpoint_path.exists():
+        state = torch.load(checkpoint_path, weights_only=False)
+        unet.load_state_dict(state["unet"])
+        text_encoder.load_state_dict(state["text_encoder"])
+        ema_unet.load_state_dict(state["ema_unet"])
+        ema_text_encoder.load_state_dict(state["ema_text_encoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        step, elapsed = state["step"], state["elapsed"]
+        print(f"resumed at step {step}", flush=True)
+
+    def save_checkpoint() -> None:
+        """Atomically write the complete training state."""
+        state = {
+            "unet": unet.state_dict(),
+            "text_encoder": text_encoder.state_dict(),
+            "ema_unet": ema_unet.state_dict(),
+            "ema_text_encoder": ema_text_encoder.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "numpy_rng": rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "step": step,
+            "elapsed": elapsed,
+        }
+        torch.save(state, checkpoint_path.with_suffix(".tmp"))
+        os.replace(checkpoint_path.with_suffix(".tmp"), checkpoint_path)
+
+    log_path = out / "loss.csv"
+    new_log = not (args.resume and log_path.exists())
+    if not new_log:
+        # Drop rows logged after the checkpoint; those steps are repeated now.
+        with log_path.open(newline="") as handle:
+            kept = [row for row in csv.reader(handle) if row[0] == "step" or int(row[0]) <= step]
+        with log_path.open("w", newline="") as handle:
+            csv.writer(handle).writerows(kept)
+    with log_path.open("w" if new_log else "a", newline="") as log_file:
+        log = csv.writer(log_file)
+        if new_log:
+            log.writerow(["step", "loss", "lr", "elapsed_s"])
+        unet.train()
+        text_encoder.train()
+        while step < args.steps:
+            started = time.perf_counter()
+            lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            pixels, captions = make_batch(rng, args.batch_size, args.drop_prob, args.supersample)
+            noise = torch.randn_like(pixels)
+            noise += args.offset_noise * torch.randn(len(pixels), pixels.shape[1], 1, 1)
+            timesteps = torch.randint(0, len(alphas_cumprod), (len(pixels),))
+            alpha = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+            noisy = alpha.sqrt() * pixels + (1.0 - alpha).sqrt() * noise
+            context = text_encoder(encode(captions))[0]
+            prediction = unet(noisy, timesteps, context).sample
+            loss = torch.nn.functional.mse_loss(prediction, noise)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            decay = min(args.ema_decay, (1.0 + step) / (10.0 + step))
+            update_ema(ema_unet, unet, decay)
+            update_ema(ema_text_encoder, text_encoder, decay)
+            step += 1
+            elapsed += time.perf_counter() - started
+            log.writerow([step, f"{loss.item():.5f}", f"{lr:.6g}", f"{elapsed:.1f}"])
+            if step % 50 == 0:
+                log_file.flush()
+                print(f"step {step} loss {loss.item():.4f} elapsed {elapsed:.0f}s", flush=True)
+            if step % args.checkpoint_every == 0 or step == args.steps:
+                save_checkpoint()
+            if args.sample_every and step % args.sample_every == 0:
+                pipe = make_pipeline(ema_unet, ema_text_encoder, tokenizer)
+                pipe.set_progress_bar_config(disable=True)
+                save_sample_grid(pipe, out / "samples" / f"step_{step:06d}.png", seed=args.seed)
+
+    export = out / "model"
+    pipe = make_pipeline(ema_unet.eval(), ema_text_encoder.eval(), tokenizer)
+    pipe.save_pretrained(export, safe_serialization=True)
+    # Keep the classic vocab.json / merges.txt too, for transformers releases that need them.
+    for source in (out / "tokenizer").iterdir():
+        if not (export / "tokenizer" / source.name).exists():
+            shutil.copy2(source, export / "tokenizer" / source.name)
+    plot_loss_curve(log_path, out / "loss.png")
+    print(f"exported {export} at step {step}", flush=True)
+    return export
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

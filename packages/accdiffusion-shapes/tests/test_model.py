@@ -1,0 +1,60 @@
+"""Tests of the shipped pipeline folder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from accdiffusion_shapes import PixelCodec, default_model_path, world
+from diffusers import DiffusionPipeline, StableDiffusionPipeline
+
+
+def test_model_index_names_the_codec() -> None:
+    """``model_index.json`` declares the pixel codec by its module path."""
+    index = json.loads((default_model_path() / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert index["vae"] == ["accdiffusion_shapes.codec", "PixelCodec"]
+
+
+def test_weights_are_small() -> None:
+    """All weight files together stay below 20 MB."""
+    total = sum(path.stat().st_size for path in default_model_path().rglob("*.safetensors"))
+    assert 0 < total < 20_000_000
+
+
+def test_loads_and_generates() -> None:
+    """``DiffusionPipeline.from_pretrained`` gives a working SD pipeline at native size."""
+    pipe = DiffusionPipeline.from_pretrained(str(default_model_path()))
+    assert isinstance(pipe, StableDiffusionPipeline)
+    assert isinstance(pipe.vae, PixelCodec)
+    assert pipe.vae_scale_factor == 1
+    assert pipe.unet.config.sample_size == world.NATIVE_SIZE
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(
+        "a red circle on a white background",
+        height=world.NATIVE_SIZE,
+        width=world.NATIVE_SIZE,
+        num_inference_steps=4,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+    assert images.shape == (1, world.NATIVE_SIZE, world.NATIVE_SIZE, 3)
+    assert np.isfinite(images).all()
+
+
+def test_every_caption_word_is_one_token() -> None:
+    """The shipped tokenizer encodes each vocabulary word as a single token."""
+    pipe = StableDiffusionPipeline.from_pretrained(str(default_model_path()))
+    for word in world.VOCABULARY:
+        ids = pipe.tokenizer(word).input_ids
+        assert len(ids) == 3, (word, ids)
+
+
+def test_plugin_registers_the_model() -> None:
+    """The ``accdiffusion`` plugin registers the shipped folder under the name ``shapes``."""
+    from accdiffusion_shapes import plugin
+
+    calls = []
+    plugin.accdiffusion_register_models(lambda name, location, **options: calls.append((name, location)))
+    assert calls == [("shapes", str(default_model_path()))]

@@ -1,0 +1,53 @@
+"""The repetition benchmark's counting and summary, on clean renders."""
+
+from accdiffusion_shapes.repetition import count_named, markdown, summarize
+from accdiffusion_shapes.world import Scene, SceneObject, render
+
+
+def _image(*objects, background="white", size=128):
+    return render(Scene(background, tuple(objects)), size=size, supersample=2)
+
+
+def test_one_named_object_is_exact():
+    img = _image(SceneObject("circle", "red", "large", 0.3, 0.3))
+    c = count_named(img, {("red", "circle"): 1}, native=32)
+    assert (c["named"], c["shape_matched"], c["expected"], c["total"], c["extra"], c["exact"]) == (
+        1, 1, 1, 1, False, True)
+
+
+def test_a_repeated_object_counts_as_extra():
+    img = _image(SceneObject("circle", "red", "small", 0.05, 0.05), SceneObject("circle", "red", "small", 0.6, 0.6),
+                 SceneObject("square", "blue", "small", 0.05, 0.6))
+    c = count_named(img, {("red", "circle"): 1}, native=32)
+    assert (c["named"], c["total"], c["extra"], c["exact"]) == (2, 3, True, False)
+    assert c["per_object"] == {"red circle": 2}
+
+
+def test_specks_below_the_copy_area_do_not_count():
+    # a 4x upscaled image (128 px) of a 32 px-native world: a 4x4 px speck is 16 px, below 2.5% of 32**2
+    img = _image(SceneObject("square", "red", "large", 0.3, 0.3), size=128)
+    arr = img.copy()
+    arr.paste((220, 40, 40), (2, 2, 6, 6))
+    c = count_named(arr, {("red", "square"): 1}, native=32)
+    assert (c["named"], c["extra"]) == (1, False)
+    arr.paste((220, 40, 40), (100, 100, 108, 108))  # 64 px: a copy
+    c = count_named(arr, {("red", "square"): 1}, native=32)
+    assert (c["named"], c["extra"]) == (2, True)
+
+
+def test_summary_means_and_shares():
+    rows = [
+        {"factor": 3, "method": "accdiffusion", "named": 1, "shape_matched": 1, "expected": 1, "total": 1,
+         "extra": False, "exact": True, "seconds": 2.0},
+        {"factor": 3, "method": "accdiffusion", "named": 3, "shape_matched": 0, "expected": 1, "total": 4,
+         "extra": True, "exact": False, "seconds": 4.0},
+        {"factor": 3, "method": "direct", "named": 0, "shape_matched": 0, "expected": 1, "total": 0,
+         "extra": False, "exact": False, "seconds": 1.0},
+    ]
+    s = summarize(rows)
+    assert [x["method"] for x in s] == ["direct", "accdiffusion"]
+    acc = s[1]
+    assert (acc["named_per_image"], acc["total_per_image"], acc["extra_share"], acc["exact_share"],
+            acc["seconds_per_image"]) == (2.0, 2.5, 0.5, 0.5, 3.0)
+    table = markdown(s, "cmd")
+    assert "| 3x | accdiffusion | 2 | 2.00 (1.00) | 0.50 | 2.50 | 50% | 50% | 3.0 |" in table
