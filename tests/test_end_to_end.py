@@ -188,3 +188,22 @@ def test_half_precision_models_load_and_run(tiny_sdxl_path, dtype):
     result = generate(PROMPT, model=str(tiny_sdxl_path), dtype=dtype, device="cpu", scale=2, **FAST)
     assert result.image.size == (64, 64)
     assert result.latents.dtype == torch.float32 and torch.isfinite(result.latents).all()
+
+
+def test_pictures_ask_the_decomposer_that_ran_for_its_masks(pipes, tmp_path):
+    from accdiffusion import write_run
+    from accdiffusion_prompts import CrossAttentionDecomposer
+
+    class Counting(CrossAttentionDecomposer):
+        calls = 0
+
+        def word_masks(self, attention):
+            type(self).calls += 1
+            return super().word_masks(attention)
+
+    decomposer = Counting(threshold=0.3)
+    result = generate(PROMPT, pipeline=pipes["sd15"], scale=2, prompt_decomposer=decomposer, **FAST)
+    assert result.prompt_decomposer is decomposer
+    calls = Counting.calls
+    folder = write_run(result, tmp_path, "run")
+    assert Counting.calls == calls + 1 and (folder / "attention" / "attention-maps.png").is_file()

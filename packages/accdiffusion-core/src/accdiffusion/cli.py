@@ -143,13 +143,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     host = PluginHost()
     result = generate(args.prompt, model=args.model, model_config=args.model_config, image=args.image, host=host,
                       progress=_progress(args.quiet), **options)
-    settings = Settings(**result.record["settings"])
-    decomposer = host.create("prompt_decomposer", settings.prompt_decomposer, settings)
     name = args.name or time.strftime("%Y%m%d-%H%M%S") + f"-seed{result.seed}"
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name.startswith("."):
         raise AccDiffusionError(f"--name {name!r} is not allowed: letters, digits, '.', '_' and '-', not starting with '.'")
-    folder = write_run(result, args.output, name, attention_pictures=not args.no_pictures,
-                       prompt_decomposer=decomposer)
+    folder = write_run(result, args.output, name, attention_pictures=not args.no_pictures)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(folder / "image.png")

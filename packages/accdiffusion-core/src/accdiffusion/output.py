@@ -77,8 +77,7 @@ def build_record(result: Result, settings: Settings, sampler: Sampler, *, model:
     }
 
 
-def write_run(result: Result, out_dir: str | os.PathLike, name: str, *, attention_pictures: bool = True,
-              prompt_decomposer: Any = None) -> Path:
+def write_run(result: Result, out_dir: str | os.PathLike, name: str, *, attention_pictures: bool = True) -> Path:
     """Write ``image.png``, ``record.json``, stage images and pictures of the
     attention maps and patch prompts to ``out_dir/name``; returns that folder.
 
@@ -108,7 +107,7 @@ def write_run(result: Result, out_dir: str | os.PathLike, name: str, *, attentio
             pics.mkdir()
             if result.attention is not None and len(result.attention.words):
                 masks = None
-                fn = getattr(prompt_decomposer, "word_masks", None)
+                fn = getattr(result.prompt_decomposer, "word_masks", None)
                 if fn is not None:
                     masks = fn(result.attention)
                 attention_sheet(result.attention, masks).save(pics / "attention-maps.png")

@@ -102,6 +102,8 @@ class Result:
     stage_images: tuple[tuple[int, Image.Image], ...] = attrs.field(default=(), eq=False)
     warnings: tuple[str, ...] = ()
     record: dict = attrs.field(factory=dict, eq=False)
+    #: The prompt decomposer object that ran (pictures ask it for the masks it used).
+    prompt_decomposer: Any = attrs.field(default=None, eq=False)
 
 
 def scheduler_step(scheduler: Any, output: torch.Tensor, t: Any, z: torch.Tensor,
@@ -411,4 +413,5 @@ class Sampler:
         if settings.save_stages:
             stage_images.append((plan.factor, image))
         return Result(image=image, latents=z.cpu(), seed=seed, plan=plan, phases=tuple(phases),
-                      attention=attention, stage_images=tuple(stage_images), warnings=tuple(warnings))
+                      attention=attention, stage_images=tuple(stage_images), warnings=tuple(warnings),
+                      prompt_decomposer=self.prompt_decomposer)
