@@ -79,6 +79,14 @@ class AttentionRecorder:
         return AttentionMaps(maps=maps.cpu(), words=words, latent_per_map=factor)
 
 
+def extract_maps(recorder: AttentionRecorder, adapter: Any, prompt: str, height: int, width: int,
+                 factor: int) -> AttentionMaps:
+    """The phase-1 :class:`AttentionMaps` of ``prompt`` from what ``recorder`` saw
+    on a ``height x width`` latent (the sampler's one call after phase 1)."""
+    words = adapter.word_tokens(prompt)
+    return recorder.maps(height, width, len(words), factor, words)
+
+
 class RecordingAttnProcessor:
     """Attention processor that records conditional cross-attention probabilities."""
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .adapters import ModelAdapter
-from .attention import AttentionCapture
+from .attention import AttentionCapture, extract_maps
 from .errors import PluginError, SettingsError
 from .plugins import PluginHost
 from .schedulers import fresh_copy, make_scheduler
@@ -314,8 +314,7 @@ class Sampler:
             if init_image is not None:
                 z = encoded
         if needs_attention:
-            words = a.word_tokens(settings.prompt)
-            attention = capture.recorder.maps(h1, w1, len(words), settings.attention_factor, words)
+            attention = extract_maps(capture.recorder, a, settings.prompt, h1, w1, settings.attention_factor)
         anchor_mean, anchor_std = z.mean(), z.std()
         phases.append(PhaseInfo(1, (h1, w1), time.perf_counter() - t0))
         low_res: dict[str, Image.Image] = {}
