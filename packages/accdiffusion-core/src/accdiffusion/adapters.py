@@ -161,9 +161,12 @@ class SDXLAdapter(ModelAdapter):
         if crops_top_left is not None:
             time_ids[:, 2:4] = crops_top_left.float()
         dtype = self.dtype
+        # time_ids stay float32: the UNet projects them with sinusoidal
+        # embeddings and casts the result to its own dtype (diffusers'
+        # ``get_aug_embed``); cast first, bfloat16 would turn 3000 into 3008.
         added = {
             "text_embeds": cond.pooled.to(self.device, dtype),
-            "time_ids": time_ids.to(self.device, dtype),
+            "time_ids": time_ids.to(self.device, torch.float32),
         }
         out = self.unet(
             latents.to(self.device, dtype), timestep, encoder_hidden_states=cond.embeds.to(self.device, dtype),
