@@ -14,6 +14,7 @@ from accdiffusion_prompts import (
     IdenticalDecomposer,
     binarize,
     morphological_open,
+    opening_iterations,
     plugin,
     window_map_bounds,
     word_masks,
@@ -152,6 +153,31 @@ def test_word_masks_use_h_over_16_iterations() -> None:
     mask, expected = opening_case()
     large = mask.float()[..., None]  # h_a = 32 -> 2 iterations
     assert torch.equal(word_masks(AttentionMaps(large, ("w",), 4))[0], expected)
+
+
+def test_opening_iterations_use_the_longer_side() -> None:
+    # SDXL at 1024x3072: phase 1 at about 341x1024 px, a 43x128 latent, 11x32 maps
+    assert opening_iterations(11, 32) == 2 and opening_iterations(32, 11) == 2
+    assert opening_iterations(32, 32) == 2 and opening_iterations(15, 15) == 0
+    assert opening_iterations(16, 8) == 1 and opening_iterations(47, 48) == 3
+
+
+def test_wide_map_is_cleaned_with_two_iterations() -> None:
+    """An 11x32 map (1024x3072 image proportions): h_a // 16 would be 0 and keep
+    the speck; max(h_a, w_a) // 16 = 2 opens with a 5x5 square."""
+    maps = torch.zeros(11, 32, 1)
+    maps[2:9, 3:11, 0] = 1.0    # a 7x8 block survives a 5x5 opening unchanged
+    maps[5, 20, 0] = 1.0        # an isolated speck does not
+    maps[3:7, 22:26, 0] = 1.0   # nor does a 4x4 block inside the map
+    maps[0:4, 26:32, 0] = 1.0   # a 4x6 block in the top-right corner does: eroding counts
+    #                             outside as set, so rows 0-1, cols 28-31 stay; dilating restores it
+    expected = torch.zeros(11, 32, dtype=torch.bool)
+    expected[2:9, 3:11] = True
+    expected[0:4, 26:32] = True
+    got = word_masks(AttentionMaps(maps, ("w",), 4))[0]
+    assert torch.equal(got, expected)
+    # 0 iterations (the map height's count) would have kept everything
+    assert torch.equal(morphological_open(binarize(maps), 11 // 16)[0], binarize(maps)[0])
 
 
 def test_window_map_bounds_floor_ceil_and_clip() -> None:

@@ -5,8 +5,8 @@ cross-attention highlights enough of the window, instead of the whole prompt,
 which stops every window from repeating the prompt's objects. For word ``j``:
 
 1. binarise its cross-attention map at the map's mean;
-2. clean the mask with a morphological opening (3x3 square, ``h_a // 16``
-   iterations);
+2. clean the mask with a morphological opening (3x3 square,
+   ``max(h_a, w_a) // 16`` iterations);
 3. upsample the mask by the phase's scale ``s``;
 4. keep the word for a window iff the mask covers at least the fraction ``c``
    of the window.
@@ -54,10 +54,22 @@ def morphological_open(masks: torch.Tensor, iterations: int) -> torch.Tensor:
     return opened.squeeze(1) > 0.5
 
 
+def opening_iterations(map_height: int, map_width: int) -> int:
+    """The opening's iteration count for an ``h_a x w_a`` map: ``max(h_a, w_a) // 16``.
+
+    2 for 32x32 maps. The release's ``(w, h)`` reshape makes its count
+    ``w_a // 16`` in effect; the longer side equals that for square and
+    landscape maps and keeps a tall or wide image's masks cleaned (a
+    1024x3072 SDXL image has 11x32 maps: 2 iterations, not 0).
+    """
+    return max(int(map_height), int(map_width)) // 16
+
+
 def word_masks(attention: AttentionMaps) -> torch.Tensor:
     """Cleaned masks of every word: :func:`binarize`, then :func:`morphological_open`
-    with ``h_a // 16`` iterations. Returns bool ``(n_words, h_a, w_a)``."""
-    return morphological_open(binarize(attention.maps), int(attention.maps.shape[0]) // 16)
+    with :func:`opening_iterations` of the map. Returns bool ``(n_words, h_a, w_a)``."""
+    h_a, w_a = int(attention.maps.shape[0]), int(attention.maps.shape[1])
+    return morphological_open(binarize(attention.maps), opening_iterations(h_a, w_a))
 
 
 def window_map_bounds(layout: WindowLayout, latent_per_map: int, map_height: int, map_width: int) -> torch.Tensor:
