@@ -16,6 +16,7 @@ from accdiffusion_prompts import (
     morphological_open,
     opening_iterations,
     plugin,
+    window_map_area,
     window_map_bounds,
     word_masks,
     word_window_fractions,
@@ -200,17 +201,21 @@ def test_fractions_hand_worked() -> None:
     assert fractions[0].tolist() == [1.0, 0.5, 0.0, 0.5, 0.25, 0.0, 0.0, 0.0, 0.0]
 
 
-def test_fractions_match_direct_sums() -> None:
+@pytest.mark.parametrize("border", ["window", "clipped"])
+def test_fractions_match_direct_sums(border: str) -> None:
     g = torch.Generator().manual_seed(0)
     masks = torch.rand((4, 16, 24), generator=g) > 0.6
     layout = WindowLayout(
         (Window(0, 0, 64, 64), Window(5, 17, 64, 64), Window(30, 70, 50, 26), Window(90, 120, 64, 64)),
         128, 192, pad=2,
     )
-    got = word_window_fractions(masks, layout, scale=2, latent_per_map=4)
+    got = word_window_fractions(masks, layout, scale=2, latent_per_map=4, border=border)
     big = masks.repeat_interleave(2, 1).repeat_interleave(2, 2)
+    # whole windows on the canvas: (-2, -2), (3, 15), (28, 68), (88, 118) with their sizes
+    whole = [17 * 17, 17 * 17, 13 * 7, 16 * 17]  # rows [floor(top / 4), ceil(bottom / 4)), columns likewise
+    assert window_map_area(layout, 4).tolist() == whole
     for k, (r0, r1, c0, c1) in enumerate(window_map_bounds(layout, 4, 32, 48).tolist()):
-        area = (r1 - r0) * (c1 - c0)
+        area = (r1 - r0) * (c1 - c0) if border == "clipped" else whole[k]
         assert torch.equal(got[:, k], big[:, r0:r1, c0:c1].sum(dim=(1, 2)).double() / area)
 
 
@@ -279,14 +284,63 @@ def test_jittered_layout_windows_are_clipped_to_canvas() -> None:
     # the same coordinates read on a canvas padded by 2: every window moves by (-2, -2)
     jittered = WindowLayout(grid_layout(2, 32, 4).windows, 256, 256, pad=2)
     masks = word_masks(AttentionMaps(cat_dog_maps(), ("cat", "dog"), 4))
-    fractions = word_window_fractions(masks, jittered, scale=2, latent_per_map=4)
+    fractions = word_window_fractions(masks, jittered, scale=2, latent_per_map=4, border="clipped")
     # window 0: [-2, 126)^2 clipped to [0, 126)^2 -> map [0, 32)^2, all "cat"
     # window 1: cols [62, 190) -> map [15, 48): 17 of 33 columns are "cat"
     # window 4: map [15, 48)^2: 17 * 17 of 33 * 33 pixels
     assert fractions[0, :2].tolist() == [1.0, 17 / 33]
     assert fractions[0, 4].item() == 289 / 1089
-    result = CrossAttentionDecomposer().decompose(request(cat_dog_maps(), ("cat", "dog"), jittered))
+    result = CrossAttentionDecomposer(border="clipped").decompose(
+        request(cat_dog_maps(), ("cat", "dog"), jittered))
     assert result.prompts[:5] == ("cat dog", "cat dog", "dog", "cat dog", "dog")
+
+
+def test_jittered_border_window_fraction_over_the_whole_window() -> None:
+    """The release's form: a window reaching into the padding keeps its whole area.
+    Window 0 is [-2, 126)^2 on the canvas, map rows and columns [-1, 32): 33 x 33
+    map pixels of which the 32 x 32 inside the canvas are "cat"."""
+    jittered = WindowLayout(grid_layout(2, 32, 4).windows, 256, 256, pad=2)
+    masks = word_masks(AttentionMaps(cat_dog_maps(), ("cat", "dog"), 4))
+    assert window_map_area(jittered, 4)[:2].tolist() == [33 * 33, 33 * 33]
+    fractions = word_window_fractions(masks, jittered, scale=2, latent_per_map=4)
+    assert fractions[0, 0].item() == 1024 / 1089
+    # window 1 reaches into the padding at the top only: rows [-1, 32), cols [15, 48)
+    assert fractions[0, 1].item() == 32 * 17 / 1089
+    assert fractions[0, 4].item() == 289 / 1089  # inside the canvas: both forms agree
+
+
+def test_border_decision_flips_at_the_default_threshold() -> None:
+    """SDXL proportions: 32x32 maps, 128-px windows, jitter padding 16 latent px
+    (4 map px). The corner window moved fully into the padding covers map
+    [-4, 28)^2: 28 x 28 = 784 map px inside the canvas, 32 x 32 = 1024 in all.
+    "cat" covers [0, 8)^2 of the 32x32 map, [0, 16)^2 at scale 2: 256 px.
+    Clipped: 256 / 784 = 0.327 >= 0.3, kept; whole window: 256 / 1024 = 0.25, dropped."""
+    maps = torch.zeros(32, 32, 2)
+    maps[:8, :8, 0] = 1.0  # "cat": an 8x8 corner block survives the 2-iteration opening
+    maps[..., 1] = 1.0     # "sofa": everywhere (a flat map binarises to nothing ...)
+    maps[31, 31, 1] = 0.0  # ... so all but one pixel
+    layout = WindowLayout((Window(0, 0, 128, 128), Window(80, 80, 128, 128)), 256, 256, pad=16)
+    attention = AttentionMaps(maps, ("cat", "sofa"), 4)
+    cat = word_masks(attention)[:1]
+    assert cat.sum() == 64
+    clipped = word_window_fractions(cat, layout, scale=2, latent_per_map=4, border="clipped")
+    whole = word_window_fractions(cat, layout, scale=2, latent_per_map=4)
+    assert clipped[0].tolist() == [256 / 784, 0.0]
+    assert whole[0].tolist() == [256 / 1024, 0.0]
+    req = DecomposeRequest("cat sofa", layout, 2, attention)
+    assert CrossAttentionDecomposer().decompose(req).prompts == ("sofa", "sofa")
+    assert CrossAttentionDecomposer(border="clipped").decompose(req).prompts == ("cat sofa", "sofa")
+
+
+def test_border_option_from_settings() -> None:
+    settings = accdiffusion.Settings(prompt="x", plugin_options={"cross_attention.border": "clipped"})
+    assert CrossAttentionDecomposer.from_settings(settings).border == "clipped"
+    assert CrossAttentionDecomposer.from_settings(accdiffusion.Settings(prompt="x")).border == "window"
+    with pytest.raises(accdiffusion.SettingsError, match="cross_attention.border"):
+        CrossAttentionDecomposer.from_settings(
+            accdiffusion.Settings(prompt="x", plugin_options={"cross_attention.border": "padded"}))
+    with pytest.raises(ValueError):
+        CrossAttentionDecomposer(border="padded")
 
 
 def test_no_attention_gives_whole_prompt() -> None:

@@ -9,7 +9,9 @@ which stops every window from repeating the prompt's objects. For word ``j``:
    ``max(h_a, w_a) // 16`` iterations);
 3. upsample the mask by the phase's scale ``s``;
 4. keep the word for a window iff the mask covers at least the fraction ``c``
-   of the window.
+   of the window (by default of the *whole* window, the part of a jittered
+   border window in the padding counting as unset, as in the release;
+   ``border="clipped"`` measures the part inside the canvas instead).
 
 All words and windows are handled at once with tensor operations.
 """
@@ -20,7 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from accdiffusion import AttentionMaps, DecomposeRequest, PatchPrompts, WindowLayout
+from accdiffusion import AttentionMaps, DecomposeRequest, PatchPrompts, SettingsError, WindowLayout
 
 
 def binarize(maps: torch.Tensor) -> torch.Tensor:
@@ -95,8 +97,26 @@ def window_map_bounds(layout: WindowLayout, latent_per_map: int, map_height: int
     return torch.stack([starts[:, 0], ends[:, 0], starts[:, 1], ends[:, 1]], dim=1)
 
 
+#: How a border window's word fraction is measured (see :func:`word_window_fractions`).
+BORDERS = ("window", "clipped")
+
+
+def window_map_area(layout: WindowLayout, latent_per_map: int) -> torch.Tensor:
+    """Each window's whole area in map pixels, ``(K,)`` int64: its unclipped
+    extent ``[floor(top / f), ceil(bottom / f))`` times its columns likewise,
+    with ``f = latent_per_map`` (the part in the jitter padding included)."""
+    boxes = torch.tensor(
+        [(w.top, w.bottom, w.left, w.right) for w in layout.on_canvas()], dtype=torch.int64
+    ).reshape(-1, 4)
+    f = latent_per_map
+    starts = boxes[:, 0::2].div(f, rounding_mode="floor")
+    ends = -(-boxes[:, 1::2]).div(f, rounding_mode="floor")
+    sides = ends - starts
+    return sides[:, 0] * sides[:, 1]
+
+
 def word_window_fractions(
-    masks: torch.Tensor, layout: WindowLayout, scale: int, latent_per_map: int
+    masks: torch.Tensor, layout: WindowLayout, scale: int, latent_per_map: int, border: str = "window"
 ) -> torch.Tensor:
     """Fraction of each window covered by each word's mask (sec. 3.2, eq. 8's ratio).
 
@@ -104,16 +124,29 @@ def word_window_fractions(
     upsampled (nearest neighbour; the integer factor ``scale`` repeats each
     pixel) to ``(scale h_a, scale w_a)``; each window is mapped onto them with
     :func:`window_map_bounds`, and its mask sums come from one integral image
-    of all words. Returns float64 ``(n_words, n_windows)``: mask sum over the
-    window's area in map pixels.
+    of all words. Returns float64 ``(n_words, n_windows)``: the mask sum inside
+    the canvas over
+
+    * ``border="window"`` (default, the release's form): the window's whole
+      area (:func:`window_map_area`), so the part of a jittered border window
+      that lies in the padding counts as unset (the release zero-pads the mask
+      by the jitter range and divides by the window's area);
+    * ``border="clipped"``: the area of the part inside the canvas.
+
+    The two agree for windows inside the canvas.
     """
+    if border not in BORDERS:
+        raise ValueError(f"border {border!r} must be one of {', '.join(BORDERS)}")
     resized = masks.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
     n_words, map_height, map_width = resized.shape
     integral = F.pad(resized.to(torch.int64).cumsum(1).cumsum(2), (1, 0, 1, 0))
     bounds = window_map_bounds(layout, latent_per_map, map_height, map_width).to(masks.device)
     r0, r1, c0, c1 = bounds.unbind(1)
     sums = integral[:, r1, c1] - integral[:, r0, c1] - integral[:, r1, c0] + integral[:, r0, c0]
-    area = ((r1 - r0) * (c1 - c0)).clamp(min=1)
+    if border == "window":
+        area = window_map_area(layout, latent_per_map).to(masks.device).clamp(min=1)
+    else:
+        area = ((r1 - r0) * (c1 - c0)).clamp(min=1)
     return sums.to(torch.float64) / area.to(torch.float64)
 
 
@@ -121,23 +154,35 @@ class CrossAttentionDecomposer:
     """The ``cross_attention`` decomposer: AccDiffusion's patch-content-aware prompts (eq. 5-8).
 
     ``threshold``: the paper's ``c``; a word is kept for a window iff its mask
-    covers at least this fraction of the window.
+    covers at least this fraction of the window. ``border``: how a border
+    window's fraction is measured, ``"window"`` (over the whole window, the
+    part in the jitter padding counting as unset: the release) or
+    ``"clipped"`` (over the part inside the canvas); see
+    :func:`word_window_fractions`.
     """
 
     needs_attention = True
 
-    def __init__(self, *, threshold: float = 0.3) -> None:
+    def __init__(self, *, threshold: float = 0.3, border: str = "window") -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold {threshold!r} must be in [0, 1]")
+        if border not in BORDERS:
+            raise ValueError(f"border {border!r} must be one of {', '.join(BORDERS)}")
         self.threshold = float(threshold)
+        self.border = border
 
     @classmethod
     def from_settings(cls, settings: Any) -> "CrossAttentionDecomposer":
-        """The decomposer for a run: ``threshold`` from ``settings.c``."""
-        return cls(threshold=settings.c)
+        """The decomposer for a run: ``threshold`` from ``settings.c``, ``border``
+        from the plugin option ``cross_attention.border``."""
+        options = getattr(settings, "plugin_options", None) or {}
+        border = options.get("cross_attention.border", "window")
+        if border not in BORDERS:
+            raise SettingsError(f"option cross_attention.border={border!r} must be one of {', '.join(BORDERS)}")
+        return cls(threshold=settings.c, border=border)
 
     def __repr__(self) -> str:
-        return f"CrossAttentionDecomposer(threshold={self.threshold})"
+        return f"CrossAttentionDecomposer(threshold={self.threshold}, border={self.border!r})"
 
     def word_masks(self, attention: AttentionMaps) -> torch.Tensor:
         """The cleaned binary mask of every word, ``(n_words, h_a, w_a)`` (for pictures)."""
@@ -158,7 +203,7 @@ class CrossAttentionDecomposer:
                 f"{attention.maps.shape[-1]} attention maps for {len(attention.words)} words"
             )
         fractions = word_window_fractions(
-            word_masks(attention), request.layout, request.scale, attention.latent_per_map
+            word_masks(attention), request.layout, request.scale, attention.latent_per_map, self.border
         )
         keep = (fractions >= self.threshold).T.tolist()
         words = tuple(
