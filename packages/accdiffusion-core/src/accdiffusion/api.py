@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
+import io
 import os
 import time
+import warnings
 from typing import Any, Optional, Union
 
 import attrs
 from PIL import Image, UnidentifiedImageError
 
-from .errors import ModelError, PluginError, SettingsError
-from .loading import inspect_folder, load_pipeline
+from .errors import ModelError, PluginError, ResourceError, SettingsError
+from .loading import check_device, inspect_folder, load_pipeline
 from .output import build_record
 from .plugins import NO_GLOBAL_GUIDANCE, PluginHost
 from .sampler import ProgressFactory, Result, Sampler
@@ -32,17 +35,123 @@ def resolve_model(model: Optional[str], host: PluginHost) -> str:
     return host.model_location(model) or model
 
 
-def load_image(path: Union[str, os.PathLike]) -> Image.Image:
-    """Open an input image fully, or raise :class:`SettingsError` naming the file."""
+#: Largest input image, in pixels (8192 x 8192); larger headers are refused
+#: before the pixels are decoded.
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+_IMAGE_KINDS = "a file path, the bytes of an image file, a PIL image or a numpy HxWx3 uint8 array"
+
+
+def _checked_size(img: Image.Image, what: str) -> Image.Image:
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        raise SettingsError(f"image={what} is not allowed: it has no pixels ({w}x{h})")
+    if w * h > MAX_IMAGE_PIXELS:
+        raise SettingsError(f"image={what} is too large: {w}x{h} = {w * h} pixels; the limit is "
+                            f"{MAX_IMAGE_PIXELS} pixels (accdiffusion.api.MAX_IMAGE_PIXELS)")
+    return img
+
+
+def _open_image(source: Any, what: str) -> Image.Image:
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
-        raise SettingsError(f"image={str(path)!r} cannot be read as an image: {exc}") from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as img:
+                _checked_size(img, what)  # from the header, before decoding
+                return img.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise SettingsError(f"image={what} is too large: {exc}; the limit is {MAX_IMAGE_PIXELS} pixels "
+                            "(accdiffusion.api.MAX_IMAGE_PIXELS)") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise SettingsError(f"image={what} cannot be read as an image: {exc}") from None
+
+
+def load_image(image: Any) -> Image.Image:
+    """The input image as RGB, from a path, an image file's bytes, a PIL image
+    or a numpy ``HxW``/``HxWx3``/``HxWx4`` ``uint8`` array; :class:`SettingsError`
+    naming the input for anything else, for an unreadable file, for an image
+    without pixels and for one above :data:`MAX_IMAGE_PIXELS`."""
+    if isinstance(image, (str, os.PathLike)):
+        return _open_image(image, repr(os.fspath(image)) if isinstance(image, os.PathLike) else repr(image))
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return _open_image(io.BytesIO(bytes(image)), f"<{len(image)} bytes>")
+    if isinstance(image, Image.Image):
+        _checked_size(image, "<PIL image>")
+        return image if image.mode == "RGB" else image.convert("RGB")
+    if type(image).__module__ == "numpy" and hasattr(image, "dtype") and hasattr(image, "shape"):
+        shape = tuple(image.shape)
+        what = f"<numpy array {'x'.join(map(str, shape)) or 'scalar'} {image.dtype}>"
+        if str(image.dtype) != "uint8" or not (len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3, 4))):
+            raise SettingsError(f"image={what} is not allowed: a numpy array must be HxWx3 (or HxW, HxWx4) uint8")
+        if 0 in shape[:2]:
+            raise SettingsError(f"image={what} is not allowed: it has no pixels")
+        if shape[0] * shape[1] > MAX_IMAGE_PIXELS:
+            raise SettingsError(f"image={what} is too large: {shape[0] * shape[1]} pixels; the limit is "
+                                f"{MAX_IMAGE_PIXELS} pixels (accdiffusion.api.MAX_IMAGE_PIXELS)")
+        import numpy as np
+
+        array = np.ascontiguousarray(image[:, :, 0] if len(shape) == 3 and shape[2] == 1 else image)
+        return Image.fromarray(array).convert("RGB")
+    raise SettingsError(f"image of type {type(image).__name__} is not allowed: {_IMAGE_KINDS}")
+
+
+_GENERATE_ARGUMENTS = ("model", "model_config", "pipeline", "image", "host", "progress", "prompt_decomposer",
+                       "tiler", "global_guidance", "upscaler")
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """Raise :class:`SettingsError` for a keyword of :func:`generate` that is
+    neither one of its arguments nor a :class:`Settings` field, naming the
+    closest valid names first and then all of them."""
+    fields = [f.name for f in attrs.fields(Settings) if f.name != "prompt"]
+    for key in options:
+        if key in fields:
+            continue
+        if key == "settings":
+            raise SettingsError("settings= is not an option of generate(): pass the settings as keywords, "
+                                "generate(prompt, **options), e.g. generate('a cat', steps=30, seed=1)")
+        valid = sorted(set(fields) | set(_GENERATE_ARGUMENTS))
+        close = difflib.get_close_matches(str(key), valid, n=3, cutoff=0.6)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise SettingsError(f"unknown option {key!r}{hint}; valid options: {', '.join(valid)}")
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    return isinstance(exc, (RuntimeError, MemoryError)) and (
+        isinstance(exc, MemoryError) or "out of memory" in str(exc).lower())
+
+
+def _out_of_memory(exc: BaseException, phase: str, settings: Settings, size: Optional[tuple[int, int]]) -> ResourceError:
+    where = f" during {phase}" if phase else ""
+    at = f" at {size[1]}x{size[0]} px" if size else ""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    advice = []
+    if settings.offload == "none":
+        advice.append("--offload model (offload='model')")
+    if settings.view_batch_size > 1:
+        advice.append(f"a smaller --view-batch-size (now {settings.view_batch_size})")
+    if settings.dtype == "float32":
+        advice.append("--dtype float16")
+    advice.append("a smaller size (VAE decoding is tiled above 2048 px)")
+    return ResourceError(f"out of memory{where}{at} on device {settings.device!r} ({first}); try "
+                         + ", ".join(advice))
 
 
 def check_stage_names(settings: Settings, host: PluginHost, overrides: dict[str, Any]) -> None:
-    """Raise :class:`PluginError` for a stage name no installed plugin registered."""
+    """Raise :class:`PluginError` for a stage name no installed plugin registered,
+    and for a stage object that does not implement its stage's protocol."""
+    from .stages import PROTOCOLS
+
+    for stage, obj in overrides.items():
+        protocol = PROTOCOLS.get(stage)
+        if protocol is not None and not isinstance(obj, protocol):
+            raise PluginError(f"{stage} object {type(obj).__name__} does not implement {protocol.__name__} "
+                              f"(pass a registered name, a {protocol.__name__} object or None)")
     for stage in STAGES:
         if stage in overrides:
             continue
@@ -80,6 +189,16 @@ def generate(
     where ``options`` do not say otherwise. Every bad value is reported
     before the model loads.
     """
+    check_options(options)
+    for arg, value in (("model", model), ("model_config", model_config)):
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise SettingsError(f"{arg}={value!r} is not allowed: a registered model name, a path or a hub id")
+    model = os.fspath(model) if isinstance(model, os.PathLike) else model
+    model_config = os.fspath(model_config) if isinstance(model_config, os.PathLike) else model_config
+    if host is not None and not isinstance(host, PluginHost):
+        raise SettingsError(f"host={type(host).__name__} is not allowed: a PluginHost or None")
+    if progress is not None and not callable(progress):
+        raise SettingsError(f"progress={progress!r} is not allowed: a callable progress(description, total) or None")
     overrides = {}
     for stage, value in (("prompt_decomposer", prompt_decomposer), ("tiler", tiler),
                          ("global_guidance", global_guidance), ("upscaler", upscaler)):
@@ -92,19 +211,42 @@ def generate(
     defaults = host.model_defaults(model_name) if pipeline is None else {}
     settings = Settings(prompt=prompt, **{**defaults, **options})
     check_stage_names(settings, host, overrides)
-    init_image = load_image(image) if isinstance(image, (str, os.PathLike)) else image
+    check_device(settings.device)
+    init_image = None if image is None else load_image(image)
     location = None
-    if pipeline is None:
-        location = resolve_model(model, host)
-        info = inspect_folder(location)
-        if info is not None:
-            plan_sizes(settings, info["native_size"], info["vae_scale_factor"])
-        pipeline = load_pipeline(location, settings.dtype, settings.device, offload=settings.offload,
-                                 single_file_config=model_config)
-    sampler = Sampler.from_pipeline(pipeline, settings, host=host, **overrides)
-    start = time.perf_counter()
-    result = sampler(settings, image=init_image, progress=progress)
+    size: Optional[tuple[int, int]] = None
+    phase = {"name": "loading the model"}
+
+    def tracked(desc: str, total: int) -> Any:
+        phase["name"] = desc
+        return progress(desc, total) if progress is not None else _NoBar()
+
+    try:
+        if pipeline is None:
+            location = resolve_model(model, host)
+            info = inspect_folder(location)
+            if info is not None:
+                plan = plan_sizes(settings, info["native_size"], info["vae_scale_factor"])
+                size = (plan.height, plan.width)
+            pipeline = load_pipeline(location, settings.dtype, settings.device, offload=settings.offload,
+                                     single_file_config=model_config)
+        phase["name"] = "preparing the stages"
+        sampler = Sampler.from_pipeline(pipeline, settings, host=host, **overrides)
+        start = time.perf_counter()
+        result = sampler(settings, image=init_image, progress=tracked)
+    except Exception as exc:
+        if _is_out_of_memory(exc):
+            raise _out_of_memory(exc, phase["name"], settings, size) from exc
+        raise
     record = build_record(result, settings, sampler, model=location, seconds=time.perf_counter() - start)
     record["model"]["name"] = model_name
     record["model"]["defaults"] = defaults
     return attrs.evolve(result, record=record)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

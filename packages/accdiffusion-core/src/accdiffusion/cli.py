@@ -9,14 +9,16 @@ Every flag's default is shown by ``--help``; they come from :class:`Settings`.
 from __future__ import annotations
 
 import argparse
-import re
+import contextlib
+import os
 import sys
 import time
-from typing import Any, Optional, Sequence
+import warnings
+from typing import Any, Iterator, Optional, Sequence
 
 import attrs
 
-from .errors import AccDiffusionError
+from .errors import AccDiffusionError, ResourceError
 from .settings import DTYPES, OFFLOAD, SCHEDULERS, Settings
 
 _DEFAULTS = {f.name: f.default for f in attrs.fields(Settings) if f.default is not attrs.NOTHING}
@@ -124,29 +126,99 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Progress bars this process opened, closed before an interrupt's message.
+_BARS: list = []
+
+
 def _progress(quiet: bool):
     if quiet:
         return None
     from tqdm.auto import tqdm
 
-    return lambda desc, total: tqdm(total=total, desc=desc, unit="step", leave=True, file=sys.stderr)
+    def factory(desc: str, total: int):
+        bar = tqdm(total=total, desc=desc, unit="step", leave=True, file=sys.stderr)
+        _BARS.append(bar)
+        return bar
+
+    return factory
+
+
+def _close_progress_bars() -> None:
+    """Close every open progress bar (ours and the libraries'), so that a
+    message printed next starts on its own line."""
+    bars = list(_BARS)
+    _BARS.clear()
+    tqdm_std = sys.modules.get("tqdm.std")
+    if tqdm_std is not None:
+        bars += list(getattr(tqdm_std.tqdm, "_instances", ()))
+    for bar in bars:
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - best effort while exiting
+            pass
+
+
+_QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error",
+              "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+
+
+@contextlib.contextmanager
+def _quiet_libraries(quiet: bool) -> Iterator[None]:
+    """With ``quiet``: no diffusers/transformers log messages or loading bars
+    and no Python warnings while the run lasts; restored afterwards."""
+    if not quiet:
+        yield
+        return
+    saved_env = {k: os.environ.get(k) for k in _QUIET_ENV}
+    for k, v in _QUIET_ENV.items():
+        os.environ[k] = v
+    restore = []
+    for name in ("diffusers", "transformers"):
+        try:
+            logging = __import__(f"{name}.utils.logging", fromlist=["logging"])
+        except Exception:  # noqa: BLE001 - a library that is missing or broken stays as it is
+            continue
+        level = logging.get_verbosity()
+        bars = logging.is_progress_bar_enabled() if hasattr(logging, "is_progress_bar_enabled") else True
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
+        restore.append((logging, level, bars))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logging, level, bars in restore:
+            logging.set_verbosity(level)
+            if bars:
+                logging.enable_progress_bar()
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .api import generate
-    from .output import write_run
-    from .plugins import PluginHost
+    from .output import check_output_dir, check_run_name
 
-    options = {f.name: getattr(args, f.name) for f in attrs.fields(Settings)
-               if f.name not in ("prompt", "plugin_options") and hasattr(args, f.name)}
-    options["plugin_options"] = dict(args.option)
-    host = PluginHost()
-    result = generate(args.prompt, model=args.model, model_config=args.model_config, image=args.image, host=host,
-                      progress=_progress(args.quiet), **options)
-    name = args.name or time.strftime("%Y%m%d-%H%M%S") + f"-seed{result.seed}"
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name.startswith("."):
-        raise AccDiffusionError(f"--name {name!r} is not allowed: letters, digits, '.', '_' and '-', not starting with '.'")
-    folder = write_run(result, args.output, name, attention_pictures=not args.no_pictures)
+    # everything about the output is checked before the model loads
+    if args.name is not None:
+        check_run_name(args.name)
+    check_output_dir(args.output)
+    with _quiet_libraries(args.quiet):
+        from .api import generate
+        from .output import write_run
+        from .plugins import PluginHost
+
+        options = {f.name: getattr(args, f.name) for f in attrs.fields(Settings)
+                   if f.name not in ("prompt", "plugin_options") and hasattr(args, f.name)}
+        options["plugin_options"] = dict(args.option)
+        host = PluginHost()
+        result = generate(args.prompt, model=args.model, model_config=args.model_config, image=args.image,
+                          host=host, progress=_progress(args.quiet), **options)
+        name = args.name or time.strftime("%Y%m%d-%H%M%S") + f"-seed{result.seed}"
+        folder = write_run(result, args.output, name, attention_pictures=not args.no_pictures)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(folder / "image.png")
@@ -176,17 +248,25 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the command line; returns the exit status (0 success, 1 out of
+    memory, 2 a bad value, 130 interrupted)."""
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
         if args.command == "generate":
             return cmd_generate(args)
         return cmd_plugins(args)
+    except ResourceError as exc:
+        _close_progress_bars()
+        print(f"accdiffusion: error: {exc}", file=sys.stderr)
+        return 1
     except AccDiffusionError as exc:
+        _close_progress_bars()
         print(f"accdiffusion: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("accdiffusion: interrupted", file=sys.stderr)
+        _close_progress_bars()
+        print("\naccdiffusion: interrupted", file=sys.stderr)
         return 130
 
 

@@ -17,3 +17,7 @@ class PluginError(AccDiffusionError, LookupError):
 
 class ModelError(AccDiffusionError):
     """A model location cannot be loaded as a supported pipeline."""
+
+
+class ResourceError(AccDiffusionError):
+    """A run ran out of memory; the message names the phase, the size and what to lower."""

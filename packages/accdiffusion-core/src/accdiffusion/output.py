@@ -7,16 +7,19 @@ run leaves nothing behind.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import attrs
 
+from .errors import SettingsError
 from .sampler import Result, Sampler
 from .schedulers import make_scheduler
 from .settings import Settings
@@ -77,23 +80,133 @@ def build_record(result: Result, settings: Settings, sampler: Sampler, *, model:
     }
 
 
+#: Longest run name in bytes (UTF-8): room for a ``-NNN`` suffix and the hidden
+#: temporary name's prefix and suffix within the usual 255-byte file-name limit.
+MAX_NAME_BYTES = 200
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def check_run_name(name: Any) -> str:
+    """Return ``name`` if it can name a run folder, else raise :class:`SettingsError`.
+
+    Allowed: letters, digits, ``.``, ``_`` and ``-``, not starting with ``.``
+    (so no path separators, ``.``, ``..``, NUL or control characters), at most
+    :data:`MAX_NAME_BYTES` bytes.
+    """
+    allowed = ("letters, digits, '.', '_' and '-', not starting with '.', "
+               f"at most {MAX_NAME_BYTES} bytes")
+    if not isinstance(name, str) or not name:
+        raise SettingsError(f"run name {name!r} is not allowed: {allowed}")
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        shown = name[:40] + "..."
+        raise SettingsError(f"run name {shown!r} is too long ({len(name.encode('utf-8', 'surrogateescape'))} bytes): "
+                            f"{allowed}")
+    if not _NAME.fullmatch(name) or name.startswith("."):
+        raise SettingsError(f"run name {name!r} is not allowed: {allowed}")
+    return name
+
+
+def check_output_dir(out_dir: Any) -> Path:
+    """Check that ``out_dir`` is, or can be created as, a writable folder.
+
+    Raises :class:`SettingsError` naming the path when it is a file, lies under
+    a file, or its nearest existing folder is not writable. Creates nothing.
+    """
+    try:
+        out = Path(out_dir)
+    except TypeError:
+        raise SettingsError(f"output folder {out_dir!r} is not allowed: a path") from None
+    text = str(out)
+    if "\0" in text or text == "":
+        raise SettingsError(f"output folder {text!r} is not allowed: a path without NUL characters")
+    probe = out
+    while True:
+        try:
+            is_dir = probe.is_dir()
+            exists = is_dir or probe.exists()
+        except OSError as exc:  # e.g. a name too long for the file system
+            raise SettingsError(f"output folder {text!r} cannot be used: {exc}") from None
+        if exists:
+            break
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not exists:
+        raise SettingsError(f"output folder {text!r} cannot be created: no existing parent folder")
+    if not is_dir:
+        if probe == out:
+            raise SettingsError(f"output folder {text!r} exists and is a file, not a folder")
+        raise SettingsError(f"output folder {text!r} cannot be created: {str(probe)!r} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        where = "" if probe == out else f" (its parent {str(probe)!r})"
+        raise SettingsError(f"output folder {text!r}{where} is not writable")
+    return out
+
+
+def _make_temp_dir(out: Path, name: str) -> Path:
+    """A new hidden folder ``.NAME.XXXXXXXX.partial`` in ``out``, created with
+    ``os.mkdir`` (so the umask applies, as for any folder the user makes)."""
+    for _ in range(100):
+        tmp = out / f".{name}.{secrets.token_hex(4)}.partial"
+        try:
+            os.mkdir(tmp)
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(errno.EEXIST, "cannot create a temporary run folder", str(out))
+
+
+def _rename_into_place(tmp: Path, out: Path, name: str) -> Path:
+    """Rename ``tmp`` to ``out/name``, or ``name-1``, ``name-2``, ... when taken.
+
+    The final name is claimed with ``os.mkdir``, which fails for every process
+    but one, and ``tmp`` is then renamed onto that empty folder (POSIX renames a
+    folder onto an empty one atomically). A concurrent run with the same name
+    therefore moves on to the next suffix instead of failing.
+    """
+    k = 0
+    while True:
+        final = out / (name if k == 0 else f"{name}-{k}")
+        k += 1
+        try:
+            os.mkdir(final)
+        except FileExistsError:
+            continue
+        try:
+            if os.name == "nt":  # Windows renames onto no existing folder: free the claimed name first
+                os.rmdir(final)
+            os.rename(tmp, final)
+        except OSError as exc:
+            try:
+                os.rmdir(final)
+            except OSError:
+                pass
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                continue  # the name was taken after all: try the next one
+            raise
+        except BaseException:  # an interrupt between claiming and renaming
+            try:
+                os.rmdir(final)
+            except OSError:
+                pass
+            raise
+        return final
+
+
 def write_run(result: Result, out_dir: str | os.PathLike, name: str, *, attention_pictures: bool = True) -> Path:
     """Write ``image.png``, ``record.json``, stage images and pictures of the
     attention maps and patch prompts to ``out_dir/name``; returns that folder.
 
     Files appear all at once: they are written to a temporary folder that is
-    renamed into place, and removed if anything fails.
+    renamed into place, and removed if anything fails. A name that is taken
+    (also by a run finishing at the same moment) gets ``-1``, ``-2``, ...
     """
     from .viz import attention_sheet, patch_prompt_sheet
 
-    out = Path(out_dir)
+    check_run_name(name)
+    out = check_output_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    final = out / name
-    k = 1
-    while final.exists():
-        final = out / f"{name}-{k}"
-        k += 1
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=out))
+    tmp = _make_temp_dir(out, name)
     try:
         files = {"image": "image.png", "record": "record.json"}
         result.image.save(tmp / "image.png")
@@ -124,7 +237,7 @@ def write_run(result: Result, out_dir: str | os.PathLike, name: str, *, attentio
         record = dict(result.record)
         record["files"] = files
         (tmp / "record.json").write_text(json.dumps(record, indent=2, default=str))
-        os.replace(tmp, final)
+        final = _rename_into_place(tmp, out, name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -141,7 +141,13 @@ class PluginHost:
         from importlib.metadata import entry_points
 
         wanted = {n.strip() for n in allow.split(",") if n.strip()}
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found = list(entry_points(group=ENTRY_POINT_GROUP))
+        unknown = sorted(wanted - {ep.name for ep in found})
+        if unknown:
+            installed = ", ".join(sorted({ep.name for ep in found})) or "(none)"
+            raise PluginError(f"{ALLOW_ENV}={allow!r} names plugins that are not installed: {', '.join(unknown)}; "
+                              f"installed entry points ({ENTRY_POINT_GROUP!r}): {installed}")
+        for ep in found:
             if ep.name in wanted and self.pm.get_plugin(ep.name) is None:
                 self.pm.register(ep.load(), name=ep.name)
 

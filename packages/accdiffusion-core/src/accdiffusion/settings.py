@@ -50,6 +50,26 @@ def _optional_size(name: str):
     return check
 
 
+def _boolean(name: str):
+    def check(_inst, _attr, value):
+        _check(isinstance(value, bool), name, value, "a boolean (True or False; strings such as 'false' are refused)")
+
+    return check
+
+
+def _string(name: str):
+    def check(_inst, _attr, value):
+        _check(isinstance(value, str), name, value, "a string")
+
+    return check
+
+
+def _options_dict(value: Any) -> dict:
+    _check(isinstance(value, Mapping) and all(isinstance(k, str) for k in value), "plugin_options", value,
+           "a mapping of option names (strings) to values")
+    return dict(value)
+
+
 def _choice(name: str, choices: tuple[str, ...]):
     def check(_inst, _attr, value):
         _check(value in choices, name, value, f"one of {', '.join(choices)}")
@@ -78,8 +98,8 @@ class Settings:
     free-form ``key=value`` options for third-party stages.
     """
 
-    prompt: str = attrs.field(validator=attrs.validators.instance_of(str))
-    negative_prompt: str = attrs.field(default=DEFAULT_NEGATIVE_PROMPT, validator=attrs.validators.instance_of(str))
+    prompt: str = attrs.field(validator=_string("prompt"))
+    negative_prompt: str = attrs.field(default=DEFAULT_NEGATIVE_PROMPT, validator=_string("negative_prompt"))
     height: Optional[int] = attrs.field(default=None, validator=_optional_size("height"))
     width: Optional[int] = attrs.field(default=None, validator=_optional_size("width"))
     scale: int = attrs.field(default=2, validator=_positive_int("scale"))
@@ -94,11 +114,11 @@ class Settings:
     cosine_scale_2: float = attrs.field(default=1.0, validator=_nonneg_float("cosine_scale_2"))
     cosine_scale_3: float = attrs.field(default=1.0, validator=_nonneg_float("cosine_scale_3"))
     sigma: float = attrs.field(default=0.8, validator=_nonneg_float("sigma"))
-    progressive: bool = True
-    skip_residual: bool = True
-    local_path: bool = True
-    jitter: bool = True
-    gaussian_smoothing: bool = True
+    progressive: bool = attrs.field(default=True, validator=_boolean("progressive"))
+    skip_residual: bool = attrs.field(default=True, validator=_boolean("skip_residual"))
+    local_path: bool = attrs.field(default=True, validator=_boolean("local_path"))
+    jitter: bool = attrs.field(default=True, validator=_boolean("jitter"))
+    gaussian_smoothing: bool = attrs.field(default=True, validator=_boolean("gaussian_smoothing"))
     scheduler: str = attrs.field(default="default", validator=_choice("scheduler", SCHEDULERS))
     prompt_decomposer: str = attrs.field(default="cross_attention", validator=_stage_name("prompt_decomposer"))
     tiler: str = attrs.field(default="sliding_window", validator=_stage_name("tiler"))
@@ -107,10 +127,10 @@ class Settings:
     attention_factor: int = attrs.field(default=4, validator=_positive_int("attention_factor"))
     attention_strength: float = attrs.field(default=0.3)
     dtype: str = attrs.field(default="float32", validator=_choice("dtype", DTYPES))
-    device: str = attrs.field(default="auto", validator=attrs.validators.instance_of(str))
+    device: str = attrs.field(default="auto", validator=_string("device"))
     offload: str = attrs.field(default="none", validator=_choice("offload", OFFLOAD))
-    save_stages: bool = False
-    plugin_options: Mapping[str, str] = attrs.field(factory=dict, converter=lambda m: dict(m))
+    save_stages: bool = attrs.field(default=False, validator=_boolean("save_stages"))
+    plugin_options: Mapping[str, str] = attrs.field(factory=dict, converter=lambda m: _options_dict(m))
 
     @seed.validator
     def _seed(self, _attr, value):
