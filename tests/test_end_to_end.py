@@ -86,7 +86,7 @@ def test_all_stage_combinations(pipes, family, decomposer, guidance, upscaler):
                       global_guidance=guidance, upscaler=upscaler, **FAST)
     assert result.image.size == (64, 64) and torch.isfinite(result.latents).all()
     assert result.record["plugins"] == {"prompt_decomposer": decomposer, "tiler": "sliding_window",
-                                        "global_guidance": guidance, "upscaler": upscaler}
+                                        "global_guidance": guidance, "upscaler": upscaler, "schedule": "paper"}
     if decomposer == "identical":
         assert result.attention is None
         assert set(result.phases[1].patch_prompts.prompts) == {PROMPT}

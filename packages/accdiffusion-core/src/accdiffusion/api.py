@@ -174,6 +174,7 @@ def generate(
     tiler: Any = None,
     global_guidance: Any = None,
     upscaler: Any = None,
+    schedule: Any = None,
     **options: Any,
 ) -> Result:
     """Generate one image far above the model's native size.
@@ -201,7 +202,8 @@ def generate(
         raise SettingsError(f"progress={progress!r} is not allowed: a callable progress(description, total) or None")
     overrides = {}
     for stage, value in (("prompt_decomposer", prompt_decomposer), ("tiler", tiler),
-                         ("global_guidance", global_guidance), ("upscaler", upscaler)):
+                         ("global_guidance", global_guidance), ("upscaler", upscaler),
+                         ("schedule", schedule)):
         if isinstance(value, str):
             options[stage] = value
         elif value is not None:

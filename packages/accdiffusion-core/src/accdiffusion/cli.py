@@ -49,6 +49,7 @@ _HELP = {
     "tiler": "local window tiler stage",
     "global_guidance": "global path stage; 'none' switches it off",
     "upscaler": "latent upscaler stage",
+    "schedule": "steps and start timestep of each upscaling phase: 'paper' (default) or 'fast'",
     "attention_factor": "read cross-attention at 1/this of the latent side",
     "attention_strength": "with --image: share of the schedule re-noised to read attention maps",
     "dtype": "model precision",

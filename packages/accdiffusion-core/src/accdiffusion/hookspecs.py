@@ -86,3 +86,11 @@ def accdiffusion_register_upscalers(register) -> None:
 
     ``factory(settings)`` returns a :class:`accdiffusion.stages.Upscaler`.
     """
+
+
+@hookspec
+def accdiffusion_register_schedules(register) -> None:
+    """Register schedules: ``register(name, factory, description="")``.
+
+    ``factory(settings)`` returns a :class:`accdiffusion.stages.Schedule`.
+    """

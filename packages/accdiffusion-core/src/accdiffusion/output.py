@@ -45,7 +45,12 @@ def build_record(result: Result, settings: Settings, sampler: Sampler, *, model:
     plan = result.plan
     phases = []
     for ph in result.phases:
-        entry: dict[str, Any] = {"scale": ph.scale, "latent_size": list(ph.latent_size), "seconds": round(ph.seconds, 3)}
+        entry: dict[str, Any] = {"scale": ph.scale, "latent_size": list(ph.latent_size), "seconds": round(ph.seconds, 3),
+                                 "unet_evaluations": ph.unet_evaluations, "steps": ph.steps}
+        if ph.scale > 1:
+            entry["start"] = ph.start
+            entry["evaluated_steps"] = ph.steps - ph.start
+            entry["skip_residual"] = ph.skip_residual
         if ph.layout is not None:
             entry["pad"] = ph.layout.pad
             entry["windows"] = [[w.top, w.left, w.height, w.width] for w in ph.layout.windows]
@@ -74,6 +79,8 @@ def build_record(result: Result, settings: Settings, sampler: Sampler, *, model:
         },
         "attention_words": None if result.attention is None else list(result.attention.words),
         "phases": phases,
+        "unet_evaluations": {"total": sum(ph.unet_evaluations for ph in result.phases),
+                             "per_phase": {str(ph.scale): ph.unet_evaluations for ph in result.phases}},
         "warnings": list(result.warnings),
         "seconds": None if seconds is None else round(seconds, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

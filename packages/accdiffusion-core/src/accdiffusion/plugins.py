@@ -103,6 +103,7 @@ _STAGE_HOOKS = {
     "tiler": "accdiffusion_register_tilers",
     "global_guidance": "accdiffusion_register_global_guidances",
     "upscaler": "accdiffusion_register_upscalers",
+    "schedule": "accdiffusion_register_schedules",
     "model": "accdiffusion_register_models",
 }
 
@@ -122,6 +123,9 @@ class PluginHost:
         from . import adapters  # built-in model adapters, registered like any plugin
 
         self.pm.register(adapters, name="accdiffusion.adapters")
+        from . import schedules  # built-in schedules (paper, fast), registered like any plugin
+
+        self.pm.register(schedules, name="accdiffusion.schedules")
         if entry_points:
             self._load_entry_points()
         for plugin in plugins:

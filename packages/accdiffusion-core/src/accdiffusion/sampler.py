@@ -1,16 +1,25 @@
 """The stage driver: AccDiffusion / DemoFusion sampling (method sections 1-4).
 
-:class:`Sampler` owns nothing but the four stage objects and a model adapter;
-it runs phase 1 (with cross-attention capture when the prompt decomposer
-needs it), then one upscaling phase per scale: upscale, noise inversion, and
-per step the skip residual, the local path (windows with their own prompts),
-the global path, the cosine fusion and **one scheduler step on the fused
-model output** (section 4), then renormalisation to phase 1's statistics.
+:class:`Sampler` owns the five stage objects, a model adapter and the
+factory of its view executor (:mod:`accdiffusion.executor`, the one way to
+the UNet). A run is a chain of units over frozen state values:
+
+* :meth:`Sampler.start` -> :class:`RunState` (plan, seed, schedule, text rows, executor);
+* :meth:`Sampler.run_phase1` -> :class:`Phase1Output` (with cross-attention
+  capture when the prompt decomposer needs it);
+* :meth:`Sampler.run_upscaling_phase`, once per scale: upscale, noise
+  inversion to the schedule's start timestep, the steps, renormalisation to
+  phase 1's statistics (:class:`PhaseState` holds what is fixed in a phase);
+* :meth:`Sampler.step`, once per timestep: skip residual, the local windows
+  and the dilated samples through the executor in shared batches, the cosine
+  fusion and **one scheduler step on the fused model output** (section 4).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import inspect
 import math
 import os
@@ -24,8 +33,10 @@ from PIL import Image
 
 from .adapters import ModelAdapter
 from .attention import AttentionCapture, extract_maps
+from .executor import ViewExecutor, ViewGroup, repeat_conditioning
 from .errors import PluginError, SettingsError
 from .plugins import PluginHost
+from .schedules import PaperSchedule, validate_schedule
 from .schedulers import fresh_copy, make_scheduler
 from .settings import Plan, Settings, plan_sizes
 from .stages import STAGES
@@ -35,6 +46,8 @@ from .types import (
     DecomposeRequest,
     GuidanceRequest,
     PatchPrompts,
+    PhaseSchedule,
+    ScheduleRequest,
     ViewBatchRequest,
     WindowLayout,
 )
@@ -80,13 +93,19 @@ def from_image(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
 
 @attrs.frozen
 class PhaseInfo:
-    """What one phase did: its scale, latent size, windows and patch prompts, time."""
+    """What one phase did: its scale, latent size, windows and patch prompts, time,
+    UNet evaluations (CFG halves counted separately) and its schedule
+    (``steps`` scheduler timesteps, started at index ``start``)."""
 
     scale: int
     latent_size: tuple[int, int]
     seconds: float
     layout: Optional[WindowLayout] = None
     patch_prompts: Optional[PatchPrompts] = None
+    unet_evaluations: int = 0
+    steps: int = 0
+    start: int = 0
+    skip_residual: bool = True
 
 
 @attrs.frozen
@@ -104,6 +123,13 @@ class Result:
     record: dict = attrs.field(factory=dict, eq=False)
     #: The prompt decomposer object that ran (pictures ask it for the masks it used).
     prompt_decomposer: Any = attrs.field(default=None, eq=False)
+    #: The schedule of each upscaling phase.
+    schedules: tuple[PhaseSchedule, ...] = ()
+
+    @property
+    def unet_evaluations(self) -> int:
+        """UNet evaluations of the whole run."""
+        return sum(p.unet_evaluations for p in self.phases)
 
 
 def scheduler_step(scheduler: Any, output: torch.Tensor, t: Any, z: torch.Tensor,
@@ -114,41 +140,75 @@ def scheduler_step(scheduler: Any, output: torch.Tensor, t: Any, z: torch.Tensor
     return scheduler.step(output, t, z, return_dict=False)[0]
 
 
-def _cat_conditioning(a: Conditioning, b: Conditioning) -> Conditioning:
-    pooled = None if a.pooled is None else torch.cat([a.pooled, b.pooled])
-    return Conditioning(torch.cat([a.embeds, b.embeds]), pooled)
+# -- the state a run's units share ---------------------------------------------
 
 
-def _slice_conditioning(c: Conditioning, sl: slice) -> Conditioning:
-    return Conditioning(c.embeds[sl], None if c.pooled is None else c.pooled[sl])
+@attrs.frozen
+class RunState:
+    """What stays fixed for a whole run (built once, before phase 1)."""
+
+    settings: Settings
+    plan: Plan
+    seed: int
+    generator: torch.Generator = attrs.field(eq=False)
+    device: Any = attrs.field(eq=False)
+    base_scheduler: Any = attrs.field(eq=False)
+    num_train_timesteps: int
+    cond: Conditioning = attrs.field(eq=False)
+    uncond: Conditioning = attrs.field(eq=False)
+    executor: ViewExecutor = attrs.field(eq=False)
+    schedules: tuple[PhaseSchedule, ...]
+    needs_attention: bool
+    #: whether the prompt decomposer's windows are drawn once per phase
+    fixed_windows: bool
 
 
-def _repeat_conditioning(c: Conditioning, n: int) -> Conditioning:
-    return Conditioning(c.embeds.expand(n, *c.embeds.shape[1:]),
-                        None if c.pooled is None else c.pooled.expand(n, *c.pooled.shape[1:]))
+@attrs.frozen
+class Phase1Output:
+    """Phase 1's latents, the attention maps recorded on the way, the anchor statistics."""
+
+    latents: torch.Tensor = attrs.field(eq=False)
+    attention: Optional[AttentionMaps] = attrs.field(eq=False)
+    anchor_mean: torch.Tensor = attrs.field(eq=False)
+    anchor_std: torch.Tensor = attrs.field(eq=False)
 
 
-class _PromptBank:
-    """Text embeddings of one phase: each distinct prompt is encoded once."""
+@attrs.frozen
+class PhaseState:
+    """What stays fixed for one upscaling phase: its schedule, schedulers and the
+    inversion target ``z_up`` with its noise ``noise``."""
 
-    def __init__(self, adapter: ModelAdapter, known: dict[str, Conditioning]) -> None:
-        self.adapter = adapter
-        self.rows: dict[str, Conditioning] = dict(known)
+    scale: int
+    size: tuple[int, int]
+    schedule: PhaseSchedule
+    scheduler: Any = attrs.field(eq=False)
+    noiser: Any = attrs.field(eq=False)
+    z_up: torch.Tensor = attrs.field(eq=False)
+    noise: torch.Tensor = attrs.field(eq=False)
+    #: the timesteps the phase evaluates (``scheduler.timesteps[schedule.start:]``)
+    timesteps: torch.Tensor = attrs.field(eq=False)
+    low_res_image: Callable[[], Image.Image] = attrs.field(eq=False)
+    attention: Optional[AttentionMaps] = attrs.field(default=None, eq=False)
 
-    def conditioning(self, prompts: Sequence[str]) -> Conditioning:
-        missing = [p for p in dict.fromkeys(prompts) if p not in self.rows]
-        if missing:
-            enc = self.adapter.encode_prompts(missing)
-            for k, p in enumerate(missing):
-                self.rows[p] = _slice_conditioning(enc, slice(k, k + 1))
-        rows = [self.rows[p] for p in prompts]
-        embeds = torch.cat([r.embeds for r in rows])
-        pooled = None if rows[0].pooled is None else torch.cat([r.pooled for r in rows])
-        return Conditioning(embeds, pooled)
+
+@attrs.frozen
+class LocalViews:
+    """The local path's windows at one step, with everything that depends only
+    on them: prompts and their conditioning rows, crop coordinates, overlap count."""
+
+    layout: WindowLayout
+    patch_prompts: PatchPrompts
+    cond: Conditioning = attrs.field(eq=False)
+    crops: torch.Tensor = attrs.field(eq=False)
+    count: torch.Tensor = attrs.field(eq=False)
+    key: int = 0
+
+
+_layout_keys = itertools.count(1)
 
 
 class Sampler:
-    """Runs AccDiffusion with four stage objects on one model adapter.
+    """Runs AccDiffusion with five stage objects on one model adapter.
 
     Build it with :meth:`from_pipeline` to resolve stage names through the
     plugin host, or pass stage objects directly::
@@ -157,24 +217,37 @@ class Sampler:
         result = sampler(Settings(prompt="a cat", height=2048, width=2048, seed=1))
 
     ``global_guidance=None`` switches the global path off (MultiDiffusion with
-    skip residual).
+    skip residual); ``schedule=None`` is the ``paper`` schedule. ``executor``
+    builds the view executor of a run (default: :class:`ViewExecutor`, one
+    process): ``executor(adapter, uncond, target, batch_size, known)``.
+
+    A run is three kinds of unit over frozen state values:
+    :meth:`run_phase1`, :meth:`run_upscaling_phase` and :meth:`step` (one
+    timestep: skip residual, local and global views through the executor
+    together, cosine fusion, one scheduler step).
     """
 
     def __init__(self, adapter: ModelAdapter, *, prompt_decomposer: Any, tiler: Any, global_guidance: Any,
-                 upscaler: Any, stage_names: Optional[dict[str, str]] = None) -> None:
+                 upscaler: Any, schedule: Any = None, stage_names: Optional[dict[str, str]] = None,
+                 executor: Optional[Callable[..., ViewExecutor]] = None) -> None:
         self.adapter = adapter
         self.prompt_decomposer = prompt_decomposer
         self.tiler = tiler
         self.global_guidance = global_guidance
         self.upscaler = upscaler
-        self.stage_names = stage_names or {
-            stage: ("none" if obj is None else type(obj).__name__)
-            for stage, obj in zip(STAGES, (prompt_decomposer, tiler, global_guidance, upscaler))
-        }
+        self.schedule = schedule if schedule is not None else PaperSchedule()
+        self.executor_factory = executor or ViewExecutor
+        objs = (prompt_decomposer, tiler, global_guidance, upscaler, schedule)
+        names = {stage: ("none" if obj is None else type(obj).__name__) for stage, obj in zip(STAGES, objs)}
+        if schedule is None:
+            names["schedule"] = "paper"
+        if stage_names:
+            names.update(stage_names)
+        self.stage_names = names
 
     @classmethod
     def from_pipeline(cls, pipeline: Any, settings: Settings, *, host: Optional[PluginHost] = None,
-                      **stages: Any) -> "Sampler":
+                      executor: Optional[Callable[..., ViewExecutor]] = None, **stages: Any) -> "Sampler":
         """Adapter and stages for ``pipeline``: each stage is the object given in
         ``stages`` or the plugin named in ``settings``."""
         unknown = set(stages) - set(STAGES)
@@ -186,71 +259,7 @@ class Sampler:
             chosen = stages.get(stage, getattr(settings, stage))
             objs[stage] = host.create(stage, chosen, settings)
             names[stage] = chosen if isinstance(chosen, str) else f"<{type(chosen).__name__}>"
-        return cls(host.adapt(pipeline, settings), stage_names=names, **objs)
-
-    # -- the UNet on a batch of views ----------------------------------------
-
-    def _denoise(self, scheduler: Any, latents: torch.Tensor, t: Any, guidance: float, cond: Conditioning,
-                 uncond: Conditioning, crops: Optional[torch.Tensor], target: tuple[int, int],
-                 batch: int, cache: Optional[dict] = None) -> torch.Tensor:
-        """Guided model outputs for ``latents`` (one conditioning row each), in batches.
-
-        ``cache`` keeps each batch's guidance conditioning between steps; pass
-        a dict that lives as long as ``cond`` and ``crops`` do not change.
-        """
-        do_cfg = guidance > 1.0
-        outs = []
-        for start in range(0, latents.shape[0], batch):
-            sl = slice(start, start + batch)
-            x = scheduler.scale_model_input(latents[sl], t)
-            n = x.shape[0]
-            key = (start, n, do_cfg)
-            if cache is not None and key in cache:
-                c, cr = cache[key]
-            else:
-                c = _slice_conditioning(cond, sl)
-                cr = None if crops is None else crops[sl]
-                if do_cfg:
-                    c = _cat_conditioning(_repeat_conditioning(uncond, n), c)
-                    cr = None if cr is None else torch.cat([cr, cr])
-                if cache is not None:
-                    cache[key] = (c, cr)
-            if do_cfg:
-                x = torch.cat([x, x])
-            out = self.adapter.predict(x, t, c, cr, target)
-            if do_cfg:
-                u, co = out.chunk(2)
-                out = u + guidance * (co - u)
-            outs.append(out)
-        return torch.cat(outs)
-
-    def _local(self, scheduler: Any, z: torch.Tensor, t: Any, layout: WindowLayout, cond: Conditioning,
-               uncond: Conditioning, settings: Settings, target: tuple[int, int], cache: dict) -> torch.Tensor:
-        """MultiDiffusion: every window's guided output, averaged where windows overlap.
-
-        ``cache`` holds what depends only on the layout and its prompts (the
-        overlap count, crop coordinates, guidance conditioning); it must be
-        a fresh dict whenever they change.
-        """
-        p = layout.pad
-        zp = F.pad(z, (p, p, p, p)) if p else z
-        views = torch.cat([zp[:, :, w.top:w.bottom, w.left:w.right] for w in layout.windows])
-        if "count" not in cache:
-            vsf = self.adapter.vae_scale_factor
-            count = torch.zeros((1, 1, *zp.shape[-2:]), dtype=zp.dtype, device=zp.device)
-            for w in layout.windows:
-                count[:, :, w.top:w.bottom, w.left:w.right] += 1
-            cache["count"] = count.clamp(min=1)
-            cache["crops"] = torch.tensor([[w.top * vsf, w.left * vsf] for w in layout.windows])
-            cache["cfg"] = {}
-        out = self._denoise(scheduler, views, t, settings.multi_guidance_scale, cond, uncond, cache["crops"],
-                            target, settings.view_batch_size, cache["cfg"])
-        total = torch.zeros_like(zp)
-        for k, w in enumerate(layout.windows):
-            total[:, :, w.top:w.bottom, w.left:w.right] += out[k : k + 1]
-        fused = total / cache["count"]
-        h, wd = z.shape[-2:]
-        return fused[:, :, p : p + h, p : p + wd]
+        return cls(host.adapt(pipeline, settings), stage_names=names, executor=executor, **objs)
 
     # -- a run ----------------------------------------------------------------
 
@@ -260,157 +269,269 @@ class Sampler:
         with torch.inference_mode():
             return self._run(settings, image, progress or (lambda desc, total: _NoProgress()))
 
-    def _run(self, settings: Settings, init_image: Optional[Image.Image], progress: ProgressFactory) -> Result:
+    def plan_schedule(self, settings: Settings, plan: Plan) -> tuple[PhaseSchedule, ...]:
+        """The schedule stage's answer for ``plan``'s upscaling phases, checked."""
+        base = make_scheduler(settings.scheduler, self.adapter.pipeline.scheduler)
+        request = schedule_request(settings, plan, base)
+        source = f"schedule {self.stage_names.get('schedule', type(self.schedule).__name__)!r}"
+        return validate_schedule(self.schedule.plan(request), request, source)
+
+    def start(self, settings: Settings) -> RunState:
+        """Everything fixed for a run: plan, seed and generator, schedule, text rows, executor."""
         a = self.adapter
         if not settings.local_path and self.global_guidance is None:
             raise SettingsError("local_path=False with global_guidance='none' leaves nothing to sample: "
                                 "keep the local path or choose a global guidance")
         plan = plan_sizes(settings, a.native_size, a.vae_scale_factor)
+        schedules = self.plan_schedule(settings, plan)
         seed = settings.seed if settings.seed is not None else int.from_bytes(os.urandom(7), "big")
-        gen = torch.Generator("cpu").manual_seed(seed)
-        device = a.device
+        base = make_scheduler(settings.scheduler, a.pipeline.scheduler)
+        cond = a.encode_prompts([settings.prompt])
+        uncond = a.encode_negative(settings.prompt, settings.negative_prompt)
+        executor = self.executor_factory(a, uncond, (plan.height, plan.width), settings.view_batch_size,
+                                         {settings.prompt: cond})
+        needs_attention = bool(getattr(self.prompt_decomposer, "needs_attention", False)) and plan.factor > 1
+        fixed = bool(getattr(self.prompt_decomposer, "fixed_windows",
+                             getattr(self.prompt_decomposer, "needs_attention", False)))
+        return RunState(settings=settings, plan=plan, seed=seed, generator=torch.Generator("cpu").manual_seed(seed),
+                        device=a.device, base_scheduler=base, num_train_timesteps=int(base.config.num_train_timesteps),
+                        cond=cond, uncond=uncond, executor=executor, schedules=schedules,
+                        needs_attention=needs_attention, fixed_windows=fixed)
+
+    def _run(self, settings: Settings, init_image: Optional[Image.Image], progress: ProgressFactory) -> Result:
+        a = self.adapter
+        run = self.start(settings)
         warnings: list[str] = []
         if a.prompt_token_count(settings.prompt) > a.tokenizer.model_max_length:
             warnings.append(f"prompt is longer than the text encoder's {a.tokenizer.model_max_length} tokens; "
                             "the rest is ignored")
-        target = (plan.height, plan.width)
-        base = make_scheduler(settings.scheduler, a.pipeline.scheduler)
-        T = int(base.config.num_train_timesteps)
-        cond_full = a.encode_prompts([settings.prompt])
-        uncond = a.encode_negative(settings.prompt, settings.negative_prompt)
-        needs_attention = bool(getattr(self.prompt_decomposer, "needs_attention", False)) and plan.factor > 1
-        phases: list[PhaseInfo] = []
+        t0, n0 = time.perf_counter(), run.executor.evaluations
+        first = self.run_phase1(run, init_image, progress)
+        phases = [PhaseInfo(1, run.plan.latent_sizes[0], time.perf_counter() - t0,
+                            unet_evaluations=run.executor.evaluations - n0, steps=settings.steps)]
         stage_images: list[tuple[int, Image.Image]] = []
-        attention: Optional[AttentionMaps] = None
-        h1, w1 = plan.latent_sizes[0]
-
-        # -- phase 1 ------------------------------------------------------------
-        t0 = time.perf_counter()
-        capture = AttentionCapture(a.unet, settings.attention_factor) if needs_attention else contextlib.nullcontext()
-        with capture:
-            if needs_attention:
-                capture.recorder.cfg = settings.guidance_scale > 1.0
-            sched = fresh_copy(base)
-            sched.set_timesteps(settings.steps, device=device)
-            timesteps = sched.timesteps
-            if init_image is None:
-                z = torch.randn((1, a.latent_channels, h1, w1), generator=gen).to(device) * sched.init_noise_sigma
-            else:
-                x = from_image(init_image, (h1 * a.vae_scale_factor, w1 * a.vae_scale_factor))
-                encoded = a.encode_images(x, gen).to(device)
-                start = len(timesteps) - max(1, round(len(timesteps) * settings.attention_strength))
-                timesteps = timesteps[start:] if needs_attention else timesteps[:0]
-                if len(timesteps):
-                    noise = torch.randn(encoded.shape, generator=gen).to(device)
-                    z = sched.add_noise(encoded, noise, timesteps[:1])
-                    if hasattr(sched, "set_begin_index"):
-                        sched.set_begin_index(start)
-            bar = progress("phase 1" + (" (image)" if init_image is not None else ""), len(timesteps))
-            for t in timesteps:
-                out = self._denoise(sched, z, t, settings.guidance_scale, cond_full, uncond, None, target, 1)
-                z = scheduler_step(sched, out, t, z, gen)
-                bar.update()
-            bar.close()
-            if init_image is not None:
-                z = encoded
-        if needs_attention:
-            attention = extract_maps(capture.recorder, a, settings.prompt, h1, w1, settings.attention_factor)
-        anchor_mean, anchor_std = z.mean(), z.std()
-        phases.append(PhaseInfo(1, (h1, w1), time.perf_counter() - t0))
         low_res: dict[str, Image.Image] = {}
 
         def low_res_image() -> Image.Image:
             if "image" not in low_res:
-                low_res["image"] = to_image(a.decode_latents(z_phase1))
+                low_res["image"] = to_image(a.decode_latents(first.latents))
             return low_res["image"]
 
-        z_phase1 = z
-        if settings.save_stages and plan.factor > 1:
+        if settings.save_stages and run.plan.factor > 1:
             stage_images.append((1, low_res_image()))
-
-        # -- upscaling phases -------------------------------------------------
-        bank = _PromptBank(a, {settings.prompt: cond_full})
-        fixed = bool(getattr(self.prompt_decomposer, "fixed_windows",
-                             getattr(self.prompt_decomposer, "needs_attention", False)))
-        for s, size in zip(plan.scales[1:], plan.latent_sizes[1:]):
-            t0 = time.perf_counter()
-            z_up = self.upscaler.upscale(z, size, a).to(device)
-            sched = fresh_copy(base)
-            sched.set_timesteps(settings.steps, device=device)
-            noiser = fresh_copy(base)
-            noiser.set_timesteps(settings.steps, device=device)
-            noise = torch.randn(z_up.shape, generator=gen).to(device)
-
-            def decompose(layout: WindowLayout) -> tuple[PatchPrompts, Conditioning]:
-                prompts = self.prompt_decomposer.decompose(DecomposeRequest(
-                    prompt=settings.prompt, layout=layout, scale=s, attention=attention,
-                    low_res_image=low_res_image))
-                if len(prompts.prompts) != len(layout.windows):
-                    raise PluginError(f"prompt decomposer returned {len(prompts.prompts)} prompts "
-                                      f"for {len(layout.windows)} windows")
-                return prompts, bank.conditioning(prompts.prompts)
-
-            layout = patch = window_cond = None
-            local_cache: dict = {}
-            global_cache: dict = {}
-            if settings.local_path:
-                layout = self.tiler.layout(size[0], size[1], plan.window, plan.stride, gen if settings.jitter else None)
-                patch, window_cond = decompose(layout)
-            first = layout, patch
-            z = noiser.add_noise(z_up, noise, sched.timesteps[:1])
-            bar = progress(f"phase {s}/{plan.factor} ({size[1] * a.vae_scale_factor}x{size[0] * a.vae_scale_factor})",
-                           len(sched.timesteps))
-            for i, t in enumerate(sched.timesteps):
-                cos_f = cosine_factor(float(t), T)
-                if settings.skip_residual:
-                    c1 = cos_f ** settings.cosine_scale_1
-                    z = (1 - c1) * z + c1 * noiser.add_noise(z_up, noise, t.reshape(1))
-                local = glob = None
-                if settings.local_path:
-                    if not fixed and i > 0:
-                        layout = self.tiler.layout(size[0], size[1], plan.window, plan.stride,
-                                                   gen if settings.jitter else None)
-                        patch, window_cond = decompose(layout)
-                        local_cache = {}
-                    local = self._local(sched, z, t, layout, window_cond, uncond, settings, target, local_cache)
-                if self.global_guidance is not None:
-
-                    def denoise(req: ViewBatchRequest, t=t, sched=sched) -> torch.Tensor:
-                        n = req.latents.shape[0]
-                        crops = None if req.crops_top_left is None else torch.tensor(req.crops_top_left)
-                        if req.prompts is None and crops is None:
-                            cache = global_cache.setdefault(n, {})
-                            rows = _repeat_conditioning(cond_full, n)
-                        else:  # views with their own prompts or crops: nothing to reuse
-                            cache = None
-                            rows = (_repeat_conditioning(cond_full, n) if req.prompts is None
-                                    else bank.conditioning(req.prompts))
-                        return self._denoise(sched, req.latents, t, req.guidance_scale, rows, uncond, crops,
-                                             target, settings.view_batch_size, cache)
-
-                    glob = self.global_guidance.predict(GuidanceRequest(
-                        latents=z, scale=s, timestep=float(t), step_index=i, cosine_factor=cos_f,
-                        guidance_scale=settings.guidance_scale, denoise=denoise, generator=gen))
-                if local is not None and glob is not None:
-                    c2 = cos_f ** settings.cosine_scale_2
-                    out = (1 - c2) * local + c2 * glob
-                else:
-                    out = local if local is not None else glob
-                z = scheduler_step(sched, out, t, z, gen)
-                bar.update()
-            bar.close()
-            z = renormalize(z, anchor_mean, anchor_std)
-            phases.append(PhaseInfo(s, size, time.perf_counter() - t0, *first))
-            if settings.save_stages and s != plan.factor:
+        z = first.latents
+        for k, (s, size) in enumerate(zip(run.plan.scales[1:], run.plan.latent_sizes[1:])):
+            t0, n0 = time.perf_counter(), run.executor.evaluations
+            z, local = self.run_upscaling_phase(run, first, z, k, low_res_image, progress)
+            sched = run.schedules[k]
+            phases.append(PhaseInfo(
+                s, size, time.perf_counter() - t0,
+                None if local is None else local.layout, None if local is None else local.patch_prompts,
+                unet_evaluations=run.executor.evaluations - n0, steps=sched.steps, start=sched.start,
+                skip_residual=bool(settings.skip_residual and sched.skip_residual)))
+            if settings.save_stages and s != run.plan.factor:
                 stage_images.append((s, to_image(a.decode_latents(z))))
 
-        t0 = time.perf_counter()
         bar = progress("decode", 1)
         image = to_image(a.decode_latents(z))
         bar.update()
         bar.close()
         if settings.save_stages:
-            stage_images.append((plan.factor, image))
-        return Result(image=image, latents=z.cpu(), seed=seed, plan=plan, phases=tuple(phases),
-                      attention=attention, stage_images=tuple(stage_images), warnings=tuple(warnings),
-                      prompt_decomposer=self.prompt_decomposer)
+            stage_images.append((run.plan.factor, image))
+        return Result(image=image, latents=z.cpu(), seed=run.seed, plan=run.plan, phases=tuple(phases),
+                      attention=first.attention, stage_images=tuple(stage_images), warnings=tuple(warnings),
+                      prompt_decomposer=self.prompt_decomposer, schedules=run.schedules)
+
+    # -- phase 1 -------------------------------------------------------------------
+
+    def run_phase1(self, run: RunState, init_image: Optional[Image.Image] = None,
+                   progress: Optional[ProgressFactory] = None) -> Phase1Output:
+        """The low-resolution image (or the given image's latents) and its attention maps."""
+        a, settings, gen = self.adapter, run.settings, run.generator
+        progress = progress or (lambda desc, total: _NoProgress())
+        h1, w1 = run.plan.latent_sizes[0]
+        capture = AttentionCapture(a.unet, settings.attention_factor) if run.needs_attention else contextlib.nullcontext()
+        with capture:
+            if run.needs_attention:
+                capture.recorder.cfg = settings.guidance_scale > 1.0
+            sched = fresh_copy(run.base_scheduler)
+            sched.set_timesteps(settings.steps, device=run.device)
+            timesteps = sched.timesteps
+            if init_image is None:
+                z = torch.randn((1, a.latent_channels, h1, w1), generator=gen).to(run.device) * sched.init_noise_sigma
+            else:
+                x = from_image(init_image, (h1 * a.vae_scale_factor, w1 * a.vae_scale_factor))
+                encoded = a.encode_images(x, gen).to(run.device)
+                start = len(timesteps) - max(1, round(len(timesteps) * settings.attention_strength))
+                timesteps = timesteps[start:] if run.needs_attention else timesteps[:0]
+                if len(timesteps):
+                    noise = torch.randn(encoded.shape, generator=gen).to(run.device)
+                    z = sched.add_noise(encoded, noise, timesteps[:1])
+                    if hasattr(sched, "set_begin_index"):
+                        sched.set_begin_index(start)
+            bar = progress("phase 1" + (" (image)" if init_image is not None else ""), len(timesteps))
+            for t in timesteps:
+                view = ViewGroup(z, run.cond, settings.guidance_scale, key="phase1")
+                out = run.executor.evaluate(sched, t, [view])[0]
+                z = scheduler_step(sched, out, t, z, gen)
+                bar.update()
+            bar.close()
+            if init_image is not None:
+                z = encoded
+        attention = None
+        if run.needs_attention:
+            attention = extract_maps(capture.recorder, a, settings.prompt, h1, w1, settings.attention_factor)
+        return Phase1Output(z, attention, z.mean(), z.std())
+
+    # -- an upscaling phase ----------------------------------------------------------
+
+    def run_upscaling_phase(self, run: RunState, first: Phase1Output, z: torch.Tensor, index: int,
+                            low_res_image: Callable[[], Image.Image],
+                            progress: Optional[ProgressFactory] = None) -> tuple[torch.Tensor, Optional[LocalViews]]:
+        """Upscaling phase ``index`` (0 = the first after phase 1): upscale, noise
+        inversion to the schedule's start, the steps, renormalisation. Returns
+        the phase's latents and its first step's local views."""
+        a, settings, gen = self.adapter, run.settings, run.generator
+        progress = progress or (lambda desc, total: _NoProgress())
+        s, size = run.plan.scales[index + 1], run.plan.latent_sizes[index + 1]
+        ph = run.schedules[index]
+        z_up = self.upscaler.upscale(z, size, a).to(run.device)
+        sched, noiser, timesteps = phase_schedulers(run.base_scheduler, ph, run.device)
+        noise = torch.randn(z_up.shape, generator=gen).to(run.device)
+        phase = PhaseState(scale=s, size=size, schedule=ph, scheduler=sched, noiser=noiser, z_up=z_up, noise=noise,
+                           timesteps=timesteps, low_res_image=low_res_image, attention=first.attention)
+        local = self.local_views(run, phase) if settings.local_path else None
+        first_local = local
+        z = noiser.add_noise(z_up, noise, phase.timesteps[:1])
+        bar = progress(f"phase {s}/{run.plan.factor} ({size[1] * a.vae_scale_factor}x{size[0] * a.vae_scale_factor})",
+                       len(phase.timesteps))
+        for i, t in enumerate(phase.timesteps):
+            if local is not None and not run.fixed_windows and i > 0:
+                local = self.local_views(run, phase)
+            z = self.step(run, phase, local, i, t, z)
+            bar.update()
+        bar.close()
+        return renormalize(z, first.anchor_mean, first.anchor_std), first_local
+
+    def local_views(self, run: RunState, phase: PhaseState) -> LocalViews:
+        """A fresh window layout for ``phase`` (jitter drawn from the run's
+        generator), its patch prompts, their rows, crops and overlap count."""
+        plan, settings, a = run.plan, run.settings, self.adapter
+        h, w = phase.size
+        layout = self.tiler.layout(h, w, plan.window, plan.stride, run.generator if settings.jitter else None)
+        prompts = self.prompt_decomposer.decompose(DecomposeRequest(
+            prompt=settings.prompt, layout=layout, scale=phase.scale, attention=phase.attention,
+            low_res_image=phase.low_res_image))
+        if len(prompts.prompts) != len(layout.windows):
+            raise PluginError(f"prompt decomposer returned {len(prompts.prompts)} prompts "
+                              f"for {len(layout.windows)} windows")
+        p = layout.pad
+        count = torch.zeros((1, 1, h + 2 * p, w + 2 * p), dtype=torch.float32, device=run.device)
+        for win in layout.windows:
+            count[:, :, win.top:win.bottom, win.left:win.right] += 1
+        inner = count[0, 0, p:p + h, p:p + w]
+        if bool((inner == 0).any()):
+            ys, xs = torch.nonzero(inner == 0, as_tuple=True)
+            raise PluginError(f"tiler {self.stage_names.get('tiler', type(self.tiler).__name__)!r} left "
+                              f"{ys.numel()} of {h * w} latent pixels uncovered (first at row {int(ys[0])}, "
+                              f"column {int(xs[0])}); every pixel needs at least one window")
+        vsf = a.vae_scale_factor
+        crops = torch.tensor([[win.top * vsf, win.left * vsf] for win in layout.windows])
+        return LocalViews(layout, prompts, run.executor.conditioning(prompts.prompts), crops, count.clamp(min=1),
+                          next(_layout_keys))
+
+    # -- one step ------------------------------------------------------------------
+
+    def step(self, run: RunState, phase: PhaseState, local: Optional[LocalViews], i: int, t: Any,
+             z: torch.Tensor) -> torch.Tensor:
+        """One timestep of an upscaling phase: skip residual, the local windows and
+        the dilated samples through the executor together, fusion, one scheduler step."""
+        settings, sched = run.settings, phase.scheduler
+        cos_f = cosine_factor(float(t), run.num_train_timesteps)
+        if settings.skip_residual and phase.schedule.skip_residual:
+            c1 = cos_f ** settings.cosine_scale_1
+            z = (1 - c1) * z + c1 * phase.noiser.add_noise(phase.z_up, phase.noise, t.reshape(1))
+        groups: list[ViewGroup] = []
+        zp = None
+        if local is not None:
+            p = local.layout.pad
+            zp = F.pad(z, (p, p, p, p)) if p else z
+            views = torch.cat([zp[:, :, w.top:w.bottom, w.left:w.right] for w in local.layout.windows])
+            groups.append(ViewGroup(views, local.cond, settings.multi_guidance_scale, local.crops,
+                                    key=("local", local.key)))
+        glob = assemble = None
+        if self.global_guidance is not None:
+            request = GuidanceRequest(latents=z, scale=phase.scale, timestep=float(t), step_index=i,
+                                      cosine_factor=cos_f, guidance_scale=settings.guidance_scale,
+                                      denoise=functools.partial(self._denoise_views, run, sched, t),
+                                      generator=run.generator)
+            if hasattr(self.global_guidance, "views"):
+                gv = self.global_guidance.views(request)
+                groups.append(self._global_group(run, gv.batch))
+                assemble = gv.assemble
+            else:
+                glob = self.global_guidance.predict(request)
+        outs = run.executor.evaluate(sched, t, groups)
+        local_out = None
+        if local is not None:
+            total = torch.zeros_like(zp)
+            out = outs[0]
+            for k, w in enumerate(local.layout.windows):
+                total[:, :, w.top:w.bottom, w.left:w.right] += out[k : k + 1]
+            fused = total / local.count
+            h, wd = z.shape[-2:]
+            p = local.layout.pad
+            local_out = fused[:, :, p : p + h, p : p + wd]
+        if assemble is not None:
+            glob = assemble(outs[-1])
+        if local_out is not None and glob is not None:
+            c2 = cos_f ** settings.cosine_scale_2
+            out = (1 - c2) * local_out + c2 * glob
+        else:
+            out = local_out if local_out is not None else glob
+        return scheduler_step(sched, out, t, z, run.generator)
+
+    def _global_group(self, run: RunState, req: ViewBatchRequest) -> ViewGroup:
+        """The executor group for a global-path batch (whole-prompt rows are cached by size)."""
+        n = req.latents.shape[0]
+        crops = None if req.crops_top_left is None else torch.tensor(req.crops_top_left)
+        if req.prompts is None:
+            rows = repeat_conditioning(run.cond, n)
+        else:
+            if len(req.prompts) != n:
+                raise PluginError(f"global guidance asked for {n} views with {len(req.prompts)} prompts")
+            rows = run.executor.conditioning(req.prompts)
+        key = ("global", n) if req.prompts is None and crops is None else None
+        return ViewGroup(req.latents, rows, req.guidance_scale, crops, key=key)
+
+    def _denoise_views(self, run: RunState, sched: Any, t: Any, req: ViewBatchRequest) -> torch.Tensor:
+        """``GuidanceRequest.denoise``: a global guidance's own batch through the executor."""
+        return run.executor.evaluate(sched, t, [self._global_group(run, req)])[0]
+
+
+def phase_schedulers(base_scheduler: Any, schedule: PhaseSchedule, device: Any = None) -> tuple[Any, Any, torch.Tensor]:
+    """Fresh schedulers for an upscaling phase: the stepping one, set to
+    ``schedule.steps`` timesteps and told it begins at ``schedule.start``
+    (``set_begin_index``, where the scheduler has it), the one that noises
+    (noise inversion and skip residual), and the timesteps the phase evaluates."""
+    sched = fresh_copy(base_scheduler)
+    sched.set_timesteps(schedule.steps, device=device)
+    noiser = fresh_copy(base_scheduler)
+    noiser.set_timesteps(schedule.steps, device=device)
+    if schedule.start and hasattr(sched, "set_begin_index"):
+        sched.set_begin_index(schedule.start)
+    return sched, noiser, sched.timesteps[schedule.start:]
+
+
+def schedule_request(settings: Settings, plan: Plan, base_scheduler: Any) -> ScheduleRequest:
+    """The schedule stage's question for ``plan``'s upscaling phases."""
+
+    def timesteps(n: int) -> tuple[int, ...]:
+        sched = fresh_copy(base_scheduler)
+        sched.set_timesteps(int(n))
+        return tuple(int(t) for t in sched.timesteps)
+
+    return ScheduleRequest(scales=tuple(plan.scales[1:]), latent_sizes=tuple(plan.latent_sizes[1:]),
+                           steps=settings.steps, factor=plan.factor,
+                           num_train_timesteps=int(base_scheduler.config.num_train_timesteps),
+                           scheduler=settings.scheduler, timesteps=timesteps)

@@ -35,7 +35,8 @@ def _positive_int(name: str):
 
 def _nonneg_float(name: str):
     def check(_inst, _attr, value):
-        _check(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, name, value, "a finite number >= 0")
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0,
+               name, value, "a finite number >= 0")
 
     return check
 
@@ -85,7 +86,8 @@ def _stage_name(name: str):
 
 
 def _threshold(_inst, _attr, value):
-    _check(isinstance(value, (int, float)) and 0 < value < 1, "c", value, "a number strictly between 0 and 1")
+    _check(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1, "c", value,
+           "a number strictly between 0 and 1")
 
 
 @attrs.frozen(kw_only=True)
@@ -124,6 +126,7 @@ class Settings:
     tiler: str = attrs.field(default="sliding_window", validator=_stage_name("tiler"))
     global_guidance: str = attrs.field(default="window_interaction", validator=_stage_name("global_guidance"))
     upscaler: str = attrs.field(default="bicubic_latent", validator=_stage_name("upscaler"))
+    schedule: str = attrs.field(default="paper", validator=_stage_name("schedule"))
     attention_factor: int = attrs.field(default=4, validator=_positive_int("attention_factor"))
     attention_strength: float = attrs.field(default=0.3)
     dtype: str = attrs.field(default="float32", validator=_choice("dtype", DTYPES))
@@ -146,7 +149,8 @@ class Settings:
 
     @attention_strength.validator
     def _strength(self, _attr, value):
-        _check(isinstance(value, (int, float)) and 0 < value <= 1, "attention_strength", value,
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1,
+               "attention_strength", value,
                "a number in (0, 1]")
 
     def __attrs_post_init__(self) -> None:

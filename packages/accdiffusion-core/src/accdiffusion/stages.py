@@ -12,6 +12,8 @@ Each protocol names the paper's part it stands for:
 * :class:`GlobalGuidance`: the global path (DemoFusion dilated sampling,
   AccDiffusion window interaction).
 * :class:`Upscaler`: latent upscaling between phases (DemoFusion progressive upscaling).
+* :class:`Schedule`: the steps of each upscaling phase and the timestep it starts
+  from (DemoFusion's full schedule from pure noise, or part-way down for speed).
 """
 
 from __future__ import annotations
@@ -20,9 +22,17 @@ from typing import Callable, Optional, Protocol, runtime_checkable
 
 import torch
 
-from .types import DecomposeRequest, GuidanceRequest, PatchPrompts, WindowLayout
+from .types import (
+    DecomposeRequest,
+    GlobalViews,
+    GuidanceRequest,
+    PatchPrompts,
+    PhaseSchedule,
+    ScheduleRequest,
+    WindowLayout,
+)
 
-STAGES: tuple[str, ...] = ("prompt_decomposer", "tiler", "global_guidance", "upscaler")
+STAGES: tuple[str, ...] = ("prompt_decomposer", "tiler", "global_guidance", "upscaler", "schedule")
 
 
 @runtime_checkable
@@ -63,6 +73,20 @@ class GlobalGuidance(Protocol):
         ...
 
 
+class BatchedGlobalGuidance(GlobalGuidance, Protocol):
+    """A global guidance that can hand its views to the sampler instead of
+    calling ``request.denoise`` itself (optional; checked with ``hasattr``).
+
+    The sampler then evaluates them in the same UNet batches as the step's
+    local windows. ``views(request)`` must draw from ``request.generator``
+    exactly what ``predict`` would, so both give the same output.
+    """
+
+    def views(self, request: GuidanceRequest) -> GlobalViews:
+        """The views of this step and how to assemble their outputs."""
+        ...
+
+
 class LatentCodec(Protocol):
     """Encodes images to latents and back (the model adapter provides it)."""
 
@@ -86,6 +110,16 @@ class Upscaler(Protocol):
         ...
 
 
+@runtime_checkable
+class Schedule(Protocol):
+    """Decides how each upscaling phase runs: its number of steps, the
+    timestep it starts from, and whether the skip residual applies."""
+
+    def plan(self, request: ScheduleRequest) -> tuple[PhaseSchedule, ...]:
+        """One :class:`PhaseSchedule` per entry of ``request.scales``."""
+        ...
+
+
 #: A factory registered for a stage: builds the stage object from the run's settings.
 StageFactory = Callable[["object"], object]
 
@@ -94,4 +128,5 @@ PROTOCOLS: dict[str, type] = {
     "tiler": Tiler,
     "global_guidance": GlobalGuidance,
     "upscaler": Upscaler,
+    "schedule": Schedule,
 }

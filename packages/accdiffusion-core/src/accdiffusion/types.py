@@ -190,3 +190,60 @@ class GuidanceRequest:
     guidance_scale: float
     denoise: DenoiseFn = attrs.field(eq=False)
     generator: Optional[torch.Generator] = attrs.field(default=None, eq=False)
+
+
+@attrs.frozen
+class GlobalViews:
+    """The views the global path wants evaluated at one step, and how to put
+    their guided outputs back on the canvas.
+
+    Returned by :meth:`accdiffusion.stages.GlobalGuidance.views`; the sampler
+    sends ``batch`` through the view executor together with the local windows
+    of the same step (fewer, fuller UNet batches), then calls
+    ``assemble(outputs)`` with the guided outputs ``(N, C, h, w)`` in the order
+    of ``batch.latents`` to get the global output ``(1, C, H, W)``.
+    """
+
+    batch: ViewBatchRequest
+    assemble: Callable[[torch.Tensor], torch.Tensor] = attrs.field(eq=False)
+
+
+@attrs.frozen
+class PhaseSchedule:
+    """How one upscaling phase runs, as the schedule stage decides.
+
+    The phase's scheduler is set to ``steps`` timesteps; the phase noise-inverts
+    the upscaled latents to ``timesteps[start]`` and denoises from there, so it
+    evaluates ``steps - start`` timesteps. ``skip_residual`` turns DemoFusion's
+    skip residual on or off for the phase (it still needs the run's
+    ``skip_residual`` setting on).
+    """
+
+    steps: int
+    start: int = 0
+    skip_residual: bool = True
+
+    @property
+    def evaluated_steps(self) -> int:
+        """Timesteps the phase denoises: ``steps - start``."""
+        return self.steps - self.start
+
+
+@attrs.frozen
+class ScheduleRequest:
+    """What the schedule stage gets once per run, before any UNet work.
+
+    ``scales`` and ``latent_sizes`` are those of the upscaling phases (phase 1
+    excluded) in order; ``steps`` is the run's ``steps`` setting;
+    ``timesteps(n)`` returns the scheduler's timesteps for ``n`` steps (a
+    tuple of ints, first = noisiest), so a stage can choose a start by
+    timestep value; ``factor`` is ``S``.
+    """
+
+    scales: tuple[int, ...]
+    latent_sizes: tuple[tuple[int, int], ...]
+    steps: int
+    factor: int
+    num_train_timesteps: int
+    scheduler: str
+    timesteps: Callable[[int], tuple[int, ...]] = attrs.field(eq=False)

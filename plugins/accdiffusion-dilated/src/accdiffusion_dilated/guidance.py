@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from accdiffusion import GuidanceRequest, ViewBatchRequest
+from accdiffusion.types import GlobalViews
 
 
 def gaussian_kernel(
@@ -146,8 +147,10 @@ class DilatedGuidance:
         """The bijection applied to the samples before the UNet; ``None``: none."""
         return None
 
-    def predict(self, request: GuidanceRequest) -> torch.Tensor:
-        """Guided model output ``(1, C, H, W)`` of the whole canvas from its dilated samples."""
+    def views(self, request: GuidanceRequest) -> GlobalViews:
+        """The canvas's dilated samples (smoothed, permuted) for the sampler to
+        evaluate with the step's local windows, and how to put their guided
+        outputs back (inverse permutation, interleave, crop the padding)."""
         z = request.latents
         if z.dim() != 4 or z.shape[0] != 1:
             raise ValueError(f"global guidance expects latents of shape (1, C, H, W), got {tuple(z.shape)}")
@@ -160,10 +163,20 @@ class DilatedGuidance:
         perm = self.permutation(samples.shape, request.generator, samples.device)
         if perm is not None:
             samples = apply_permutation(samples, perm)
-        out = request.denoise(ViewBatchRequest(latents=samples, guidance_scale=request.guidance_scale))
-        if perm is not None:
-            out = invert_permutation(out, perm)
-        return from_dilated_samples(out, s, z.shape)
+        shape = tuple(z.shape)
+
+        def assemble(out: torch.Tensor) -> torch.Tensor:
+            if perm is not None:
+                out = invert_permutation(out, perm)
+            return from_dilated_samples(out, s, shape)
+
+        return GlobalViews(ViewBatchRequest(latents=samples, guidance_scale=request.guidance_scale), assemble)
+
+    def predict(self, request: GuidanceRequest) -> torch.Tensor:
+        """Guided model output ``(1, C, H, W)`` of the whole canvas from its dilated
+        samples, evaluated through ``request.denoise`` (the sampler uses :meth:`views`)."""
+        gv = self.views(request)
+        return gv.assemble(request.denoise(gv.batch))
 
 
 class WindowInteractionGuidance(DilatedGuidance):

@@ -1,0 +1,190 @@
+"""The view executor: the one way the sampler reaches the UNet.
+
+A *view* is one native-size latent the UNet denoises: a local window, a
+dilated sample, or phase 1's whole latent. The executor owns everything
+between the sampler's views and ``adapter.predict``:
+
+* the text conditioning of a phase: each distinct prompt is encoded once
+  (:meth:`ViewExecutor.conditioning`);
+* classifier-free guidance: views whose guidance scale is above 1 are
+  evaluated with the unconditional row too, and guided;
+* batching: the views of one step, from any number of :class:`ViewGroup` s
+  (local windows and dilated samples together), go to the UNet in chunks of
+  ``batch_size`` views;
+* caches of each chunk's conditioning rows, for groups that say their rows do
+  not change between steps;
+* the count of UNet evaluations (one sample through the UNet; the two CFG
+  halves count as two), per phase.
+
+Another executor (several processes, another device) implements the same
+:meth:`evaluate` and plugs into :class:`accdiffusion.sampler.Sampler`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable, Optional, Sequence
+
+import attrs
+import torch
+
+from .types import Conditioning
+
+
+@attrs.frozen
+class ViewGroup:
+    """Views of one kind at one step, with their conditioning.
+
+    ``latents``: ``(N, C, h, w)``, not yet scaled by the scheduler; ``cond``:
+    ``N`` conditioning rows; ``guidance_scale``: CFG scale (no CFG at or
+    below 1); ``crops``: ``(N, 2)`` SDXL crop coordinates in image pixels or
+    ``None`` for ``(0, 0)``; ``key``: a hashable name under which the
+    executor may keep this group's conditioning between steps (``None``: not
+    cached). The same key must always come with the same rows and crops.
+    """
+
+    latents: torch.Tensor = attrs.field(eq=False)
+    cond: Conditioning = attrs.field(eq=False)
+    guidance_scale: float
+    crops: Optional[torch.Tensor] = attrs.field(default=None, eq=False)
+    key: Optional[Hashable] = None
+
+    def __len__(self) -> int:
+        return int(self.latents.shape[0])
+
+
+def cat_conditioning(parts: Sequence[Conditioning]) -> Conditioning:
+    """Rows of ``parts`` stacked in order."""
+    if len(parts) == 1:
+        return parts[0]
+    pooled = None if parts[0].pooled is None else torch.cat([p.pooled for p in parts])
+    return Conditioning(torch.cat([p.embeds for p in parts]), pooled)
+
+
+def slice_conditioning(c: Conditioning, sl: slice) -> Conditioning:
+    return Conditioning(c.embeds[sl], None if c.pooled is None else c.pooled[sl])
+
+
+def repeat_conditioning(c: Conditioning, n: int) -> Conditioning:
+    """The single row of ``c`` repeated ``n`` times (a view, no copy)."""
+    return Conditioning(c.embeds.expand(n, *c.embeds.shape[1:]),
+                        None if c.pooled is None else c.pooled.expand(n, *c.pooled.shape[1:]))
+
+
+class ViewExecutor:
+    """Evaluates batches of views on one model adapter, in one process.
+
+    ``uncond`` is the run's unconditional row; ``target`` the final image
+    size (SDXL micro-conditioning); ``batch_size`` the most views per UNet
+    call (each view counts once, its CFG half rides along).
+    """
+
+    def __init__(self, adapter: Any, uncond: Conditioning, target: tuple[int, int], batch_size: int,
+                 known: Optional[dict[str, Conditioning]] = None) -> None:
+        self.adapter = adapter
+        self.uncond = uncond
+        self.target = target
+        self.batch_size = int(batch_size)
+        self._rows: dict[str, Conditioning] = dict(known or {})
+        self._cache: dict[Hashable, tuple[Conditioning, Optional[torch.Tensor]]] = {}
+        #: UNet evaluations so far (samples through the UNet, CFG halves counted separately).
+        self.evaluations = 0
+
+    # -- text -----------------------------------------------------------------
+
+    def conditioning(self, prompts: Sequence[str]) -> Conditioning:
+        """One row per prompt; each distinct prompt is encoded once per executor."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._rows]
+        if missing:
+            enc = self.adapter.encode_prompts(missing)
+            for k, p in enumerate(missing):
+                self._rows[p] = slice_conditioning(enc, slice(k, k + 1))
+        return cat_conditioning([self._rows[p] for p in prompts])
+
+    def forget_cached_batches(self) -> None:
+        """Drop the conditioning kept for cached groups (call when keys may be reused with new rows)."""
+        self._cache.clear()
+
+    # -- the UNet ---------------------------------------------------------------
+
+    def evaluate(self, scheduler: Any, timestep: Any, groups: Sequence[ViewGroup]) -> list[torch.Tensor]:
+        """Guided model outputs for every group, in ``batch_size`` chunks across groups.
+
+        Returns one ``(N_g, C, h, w)`` float32 tensor per group. Views of a
+        chunk are scaled by ``scheduler.scale_model_input`` with ``timestep``.
+        """
+        groups = [g for g in groups]
+        sizes = [len(g) for g in groups]
+        if not groups or sum(sizes) == 0:
+            return [g.latents[:0] for g in groups]
+        shapes = {tuple(g.latents.shape[1:]) for g in groups if len(g)}
+        if len(shapes) > 1:  # views of different sizes cannot share a batch
+            return [out for g in groups for out in self.evaluate(scheduler, timestep, [g])]
+        latents = groups[0].latents if len(groups) == 1 else torch.cat([g.latents for g in groups])
+        # (group index, first view, end) segments of each chunk
+        bounds = []
+        offset = 0
+        for gi, n in enumerate(sizes):
+            bounds.append((gi, offset, offset + n))
+            offset += n
+        outs = []
+        for start in range(0, offset, self.batch_size):
+            stop = min(start + self.batch_size, offset)
+            segments = [(gi, max(a, start) - a, min(b, stop) - a) for gi, a, b in bounds if a < stop and b > start]
+            x = scheduler.scale_model_input(latents[start:stop], timestep)
+            outs.append(self._chunk(x, timestep, [(groups[gi], lo, hi) for gi, lo, hi in segments]))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        return list(out.split(sizes))
+
+    def _chunk(self, x: torch.Tensor, timestep: Any, segments: list[tuple[ViewGroup, int, int]]) -> torch.Tensor:
+        """One UNet call for a chunk made of ``segments`` (group, lo, hi)."""
+        cfg = [g.guidance_scale > 1.0 for g, _, _ in segments]
+        key = None
+        if all(g.key is not None for g, _, _ in segments):
+            key = tuple((g.key, lo, hi, c) for (g, lo, hi), c in zip(segments, cfg))
+        if key is not None and key in self._cache:
+            cond, crops = self._cache[key]
+        else:
+            rows = [slice_conditioning(g.cond, slice(lo, hi)) for g, lo, hi in segments]
+            any_crops = any(g.crops is not None for g, _, _ in segments)
+            crop_rows = None
+            if any_crops:
+                crop_rows = [g.crops[lo:hi] if g.crops is not None else torch.zeros(hi - lo, 2, dtype=torch.long)
+                             for g, lo, hi in segments]
+            uncond_rows = [repeat_conditioning(self.uncond, hi - lo)
+                           for (g, lo, hi), c in zip(segments, cfg) if c]
+            cond = cat_conditioning(uncond_rows + rows)
+            crops = None
+            if crop_rows is not None:
+                uncrops = [cr for cr, c in zip(crop_rows, cfg) if c]
+                crops = torch.cat(uncrops + crop_rows)
+            if key is not None:
+                self._cache[key] = (cond, crops)
+        if any(cfg):
+            unc_x = [x[a:b] for a, b, c in self._offsets(segments, cfg) if c]
+            x = torch.cat(unc_x + [x]) if len(unc_x) > 1 or len(unc_x[0]) != len(x) else torch.cat([x, x])
+        self.evaluations += int(x.shape[0])
+        out = self.adapter.predict(x, timestep, cond, crops, self.target)
+        if not any(cfg):
+            return out
+        n_unc = out.shape[0] - sum(hi - lo for _, lo, hi in segments)
+        u_all, c_all = out[:n_unc], out[n_unc:]
+        if all(cfg) and len({g.guidance_scale for g, _, _ in segments}) == 1:
+            scale = segments[0][0].guidance_scale
+            return u_all + scale * (c_all - u_all)
+        guided = []
+        u_at = 0
+        for (a, b, c), (g, _, _) in zip(self._offsets(segments, cfg), segments):
+            co = c_all[a:b]
+            if c:
+                u = u_all[u_at:u_at + (b - a)]
+                u_at += b - a
+                co = u + g.guidance_scale * (co - u)
+            guided.append(co)
+        return torch.cat(guided)
+
+    @staticmethod
+    def _offsets(segments, cfg):
+        at = 0
+        for (g, lo, hi), c in zip(segments, cfg):
+            yield at, at + (hi - lo), c
+            at += hi - lo
