@@ -343,6 +343,74 @@ def test_border_option_from_settings() -> None:
         CrossAttentionDecomposer(border="padded")
 
 
+def zebra_attention() -> AttentionMaps:
+    """Tokens a, z, e, br, a, on, grass of "a zebra on grass" on 32x32 maps: the
+    pieces of "zebra" are high on the left half ("z"), the top half ("e") and the
+    top-left quadrant ("br", "a"); "grass" on the bottom half; "a" and "on" flat."""
+    tokens = torch.zeros(32, 32, 7)
+    tokens[:, :16, 1] = 1.0
+    tokens[:16, :, 2] = 1.0
+    tokens[:16, :16, 3] = 1.0
+    tokens[:16, :16, 4] = 1.0
+    tokens[16:, :, 6] = 1.0
+    groups = ((0,), (1, 2, 3, 4), (5,), (6,))
+    maps = torch.stack([tokens[..., list(g)].mean(-1) for g in groups], dim=-1)
+    return AttentionMaps(maps, ("a", "zebra", "on", "grass"), 4, token_maps=tokens,
+                         tokens=("a", "z", "e", "br", "a", "on", "grass"), groups=groups)
+
+
+def test_patch_prompts_carry_whole_words() -> None:
+    """The mean of the pieces' maps is 1 on the top-left quadrant, 0.25 on the
+    top-right and bottom-left ones, 0 elsewhere; its mean is 0.375, so the
+    mask of "zebra" is the top-left quadrant (fractions 1, 0.5, 0.5, 0.25 in
+    the windows 0, 1, 3, 4). "grass" covers the bottom half (row fractions 0,
+    0.5, 1)."""
+    attention = zebra_attention()
+    masks = word_masks(attention)
+    quadrant = torch.zeros(32, 32, dtype=torch.bool)
+    quadrant[:16, :16] = True
+    assert torch.equal(masks[1], quadrant) and not masks[0].any() and not masks[2].any()
+    req = DecomposeRequest("a zebra on grass", grid_layout(2, 32, 4), 2, attention)
+    result = CrossAttentionDecomposer().decompose(req)
+    assert result.prompts == (
+        "zebra", "zebra", "",
+        "zebra grass", "grass", "grass",
+        "grass", "grass", "grass",
+    )
+    assert result.words[3] == ("zebra", "grass")
+
+
+def test_per_token_keeps_the_release_pieces() -> None:
+    """One "word" per token, as the release: "z" in the left two columns of
+    windows, "e" in the top two rows, "br" and "a" where the quadrant covers
+    at least 0.3 (windows 0, 1, 3)."""
+    req = DecomposeRequest("a zebra on grass", grid_layout(2, 32, 4), 2, zebra_attention())
+    decomposer = CrossAttentionDecomposer(per_token=True)
+    result = decomposer.decompose(req)
+    assert result.prompts == (
+        "z e br a", "z e br a", "e",
+        "z e br a grass", "z e grass", "e grass",
+        "z grass", "z grass", "grass",
+    )
+    assert decomposer.word_masks(zebra_attention()).shape == (7, 32, 32)
+    # maps built by hand without tokens: per_token changes nothing
+    plain = request(cat_dog_maps(), ("cat", "dog"), grid_layout(2, 32, 4))
+    assert decomposer.decompose(plain) == CrossAttentionDecomposer().decompose(plain)
+
+
+@pytest.mark.parametrize("raw, value", [("true", True), ("False", False), ("1", True), ("off", False)])
+def test_per_token_option_from_settings(raw: str, value: bool) -> None:
+    settings = accdiffusion.Settings(prompt="x", plugin_options={"cross_attention.per_token": raw})
+    assert CrossAttentionDecomposer.from_settings(settings).per_token is value
+
+
+def test_per_token_default_and_invalid_option() -> None:
+    assert CrossAttentionDecomposer.from_settings(accdiffusion.Settings(prompt="x")).per_token is False
+    with pytest.raises(accdiffusion.SettingsError, match="cross_attention.per_token"):
+        CrossAttentionDecomposer.from_settings(
+            accdiffusion.Settings(prompt="x", plugin_options={"cross_attention.per_token": "maybe"}))
+
+
 def test_no_attention_gives_whole_prompt() -> None:
     layout = grid_layout(2, 32, 4)
     req = DecomposeRequest("a cat and a dog", layout, 2, None)

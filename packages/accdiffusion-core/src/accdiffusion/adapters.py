@@ -10,6 +10,7 @@ hook like any plugin's adapter would.
 from __future__ import annotations
 
 import contextlib
+import unicodedata
 from typing import Any, Optional, Sequence
 
 import torch
@@ -19,6 +20,9 @@ from .types import Conditioning
 
 #: Images larger than this (px, either side) are encoded and decoded in VAE tiles.
 TILED_VAE_ABOVE = 2048
+
+#: CLIP's BPE vocabulary marks the last token of a word with this suffix.
+END_OF_WORD = "</w>"
 
 
 class ModelAdapter:
@@ -46,14 +50,60 @@ class ModelAdapter:
 
     # -- text ---------------------------------------------------------------
 
+    def _token_ids(self, prompt: str) -> list[int]:
+        """The first tokenizer's ids of ``prompt`` without BOS/EOS, truncated to its window."""
+        ids = self.tokenizer(prompt, truncation=True, max_length=self.tokenizer.model_max_length).input_ids
+        return list(ids[1:-1])
+
     def word_tokens(self, prompt: str) -> tuple[str, ...]:
-        """The prompt's tokens without BOS/EOS, one decoded string per token.
+        """The prompt's tokens without BOS/EOS, one decoded string per token
+        (the release's "words": a word split into several BPE tokens appears
+        as its pieces, and a non-ASCII character split into byte-level pieces
+        as U+FFFD characters).
 
         Tokens beyond the text encoder's window (77) are dropped, as the model
         never sees them.
         """
-        ids = self.tokenizer(prompt, truncation=True, max_length=self.tokenizer.model_max_length).input_ids
-        return tuple(self.tokenizer.decode([i]) for i in ids[1:-1])
+        return tuple(self.tokenizer.decode([i]) for i in self._token_ids(prompt))
+
+    def word_groups(self, prompt: str) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]:
+        """The prompt's whole words and, for each, the positions of its tokens
+        in :meth:`word_tokens`.
+
+        With a CLIP BPE tokenizer a word is a run of tokens ending with a token
+        whose vocabulary entry ends in ``</w>`` (the tokenizer's words:
+        letters, a digit, or a run of other non-space characters such as
+        punctuation or an emoji; byte-level pieces of one character always fall
+        in one word). Each word is decoded from its whole group of ids, so a
+        split word or a multi-byte character comes out whole. Control
+        characters (Unicode category ``Cc``) are removed from the text, and a
+        word left empty is dropped, as is a last word cut by the text
+        encoder's window (its ``</w>`` token was truncated away). A tokenizer
+        without ``</w>`` marks (or without ``convert_ids_to_tokens``) gives one
+        word per token of :meth:`word_tokens`.
+        """
+        convert = getattr(self.tokenizer, "convert_ids_to_tokens", None)
+        if convert is None:
+            tokens = self.word_tokens(prompt)
+            return tokens, tuple((k,) for k in range(len(tokens)))
+        ids = self._token_ids(prompt)
+        pieces = [str(p) for p in convert(ids)]
+        if not any(p.endswith(END_OF_WORD) for p in pieces):
+            return tuple(self.tokenizer.decode([i]) for i in ids), tuple((k,) for k in range(len(ids)))
+        words: list[str] = []
+        groups: list[tuple[int, ...]] = []
+        current: list[int] = []
+        for k, piece in enumerate(pieces):
+            current.append(k)
+            if not piece.endswith(END_OF_WORD):
+                continue
+            text = self.tokenizer.decode([ids[j] for j in current])
+            text = "".join(ch for ch in text if unicodedata.category(ch) != "Cc").strip()
+            if text:
+                words.append(text)
+                groups.append(tuple(current))
+            current = []
+        return tuple(words), tuple(groups)
 
     def prompt_token_count(self, prompt: str) -> int:
         """Number of tokens of ``prompt`` including BOS/EOS, untruncated."""

@@ -79,12 +79,46 @@ class AttentionRecorder:
         return AttentionMaps(maps=maps.cpu(), words=words, latent_per_map=factor)
 
 
+def word_maps(token_maps: torch.Tensor, groups: tuple[tuple[int, ...], ...]) -> torch.Tensor:
+    """One map per word: the mean of its tokens' maps.
+
+    ``token_maps``: ``(h_a, w_a, n_tokens)``; ``groups[j]``: the token
+    positions of word ``j``. Returns ``(h_a, w_a, len(groups))``; a one-token
+    word's map is its token's map exactly.
+
+    The mean, not the union of the tokens' masks: the masks come from the
+    word's map thresholded at its own mean, and a fragment's map (CLIP's text
+    encoder is causal, so the early pieces of a split word carry little of
+    its meaning) would add its above-mean half wherever it is noisy; averaging
+    keeps what the pieces agree on. The word also keeps one map, which the
+    pictures and the SAM decomposer (peaks of the map) use as they are.
+    """
+    h_a, w_a = int(token_maps.shape[0]), int(token_maps.shape[1])
+    if not groups:
+        return token_maps.new_zeros((h_a, w_a, 0))
+    return torch.stack([token_maps[..., list(g)].mean(dim=-1) for g in groups], dim=-1)
+
+
 def extract_maps(recorder: AttentionRecorder, adapter: Any, prompt: str, height: int, width: int,
                  factor: int) -> AttentionMaps:
     """The phase-1 :class:`AttentionMaps` of ``prompt`` from what ``recorder`` saw
-    on a ``height x width`` latent (the sampler's one call after phase 1)."""
-    words = adapter.word_tokens(prompt)
-    return recorder.maps(height, width, len(words), factor, words)
+    on a ``height x width`` latent (the sampler's one call after phase 1).
+
+    ``maps``/``words`` are the prompt's whole words (``adapter.word_groups``),
+    each with the mean of its tokens' maps (:func:`word_maps`); ``token_maps``,
+    ``tokens`` and ``groups`` keep the per-token maps (the release's
+    one-word-per-token form, ``AttentionMaps.per_token``). An adapter without
+    ``word_groups`` gives one word per token.
+    """
+    tokens = tuple(adapter.word_tokens(prompt))
+    per_token = recorder.maps(height, width, len(tokens), factor, tokens)
+    grouping = getattr(adapter, "word_groups", None)
+    if grouping is None:
+        words, groups = tokens, tuple((k,) for k in range(len(tokens)))
+    else:
+        words, groups = grouping(prompt)
+    return AttentionMaps(maps=word_maps(per_token.maps, groups), words=tuple(words), latent_per_map=factor,
+                         token_maps=per_token.maps, tokens=tokens, groups=tuple(tuple(g) for g in groups))
 
 
 class RecordingAttnProcessor:

@@ -75,17 +75,37 @@ class WindowLayout:
 
 @attrs.frozen
 class AttentionMaps:
-    """Phase-1 cross-attention maps of the prompt's word tokens.
+    """Phase-1 cross-attention maps of the prompt's words.
 
     ``maps`` has shape ``(h_a, w_a, n_words)`` (row-major spatial layout), one
-    map per entry of ``words``: the prompt's tokens without BOS/EOS, decoded
-    one by one with the first tokenizer. ``latent_per_map`` is how many latent
-    pixels one map pixel spans at phase 1 (4 for SDXL and SD 1.5).
+    map per entry of ``words``: the prompt's whole words (see
+    ``ModelAdapter.word_groups``), each the mean of its tokens' maps.
+    ``latent_per_map`` is how many latent pixels one map pixel spans at
+    phase 1 (4 for SDXL and SD 1.5).
+
+    The per-token maps stay available for the release's one-word-per-token
+    behaviour: ``token_maps`` ``(h_a, w_a, n_tokens)`` with ``tokens`` (the
+    prompt's tokens without BOS/EOS, decoded one by one), and ``groups[j]``
+    the positions in ``tokens`` of word ``j``'s tokens. Maps built by hand may
+    leave them out (``token_maps=None``); :meth:`per_token` then returns the
+    maps unchanged.
     """
 
     maps: torch.Tensor = attrs.field(eq=False)
     words: tuple[str, ...]
     latent_per_map: int
+    token_maps: Optional[torch.Tensor] = attrs.field(default=None, eq=False)
+    tokens: tuple[str, ...] = ()
+    groups: tuple[tuple[int, ...], ...] = ()
+
+    def per_token(self) -> "AttentionMaps":
+        """The maps with one "word" per token (the release's form): ``maps =
+        token_maps``, ``words = tokens``; ``self`` when there are no token maps."""
+        if self.token_maps is None:
+            return self
+        n = int(self.token_maps.shape[-1])
+        return AttentionMaps(self.token_maps, self.tokens, self.latent_per_map, self.token_maps, self.tokens,
+                             tuple((k,) for k in range(n)))
 
 
 @attrs.frozen

@@ -32,7 +32,13 @@ def heatmap(values: torch.Tensor, size: int) -> Image.Image:
 
 def attention_sheet(attention: AttentionMaps, masks: Optional[torch.Tensor] = None, tile: int = 128) -> Image.Image:
     """One column per word: its averaged cross-attention map and, when given,
-    its binarised cleaned mask (``masks``: ``(n_words, h, w)`` booleans)."""
+    its binarised cleaned mask (``masks``: ``(n_words, h, w)`` booleans).
+
+    Masks with one row per token (a decomposer selecting per token) show the
+    per-token maps (:meth:`AttentionMaps.per_token`) instead of the words'."""
+    if (masks is not None and masks.shape[0] != len(attention.words) and attention.token_maps is not None
+            and masks.shape[0] == len(attention.tokens)):
+        attention = attention.per_token()
     n = max(1, len(attention.words))
     rows = 2 if masks is not None else 1
     h_a, w_a = attention.maps.shape[:2]

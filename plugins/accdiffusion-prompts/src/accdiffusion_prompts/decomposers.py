@@ -2,7 +2,10 @@
 
 AccDiffusion gives each local window only the prompt words whose phase-1
 cross-attention highlights enough of the window, instead of the whole prompt,
-which stops every window from repeating the prompt's objects. For word ``j``:
+which stops every window from repeating the prompt's objects. The words are
+the prompt's whole words, each with the mean of its tokens' maps (see
+``accdiffusion.attention.word_maps``); ``per_token=True`` takes one word per
+token instead, as the release does. For word ``j``:
 
 1. binarise its cross-attention map at the map's mean;
 2. clean the mask with a morphological opening (3x3 square,
@@ -100,6 +103,8 @@ def window_map_bounds(layout: WindowLayout, latent_per_map: int, map_height: int
 #: How a border window's word fraction is measured (see :func:`word_window_fractions`).
 BORDERS = ("window", "clipped")
 
+_FLAGS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
 
 def window_map_area(layout: WindowLayout, latent_per_map: int) -> torch.Tensor:
     """Each window's whole area in map pixels, ``(K,)`` int64: its unclipped
@@ -158,44 +163,66 @@ class CrossAttentionDecomposer:
     window's fraction is measured, ``"window"`` (over the whole window, the
     part in the jitter padding counting as unset: the release) or
     ``"clipped"`` (over the part inside the canvas); see
-    :func:`word_window_fractions`.
+    :func:`word_window_fractions`. ``per_token``: one "word" per token, each
+    decoded on its own, with its own map (the release's behaviour, for
+    parity: a word split into several tokens reaches the patch prompts as
+    its pieces, a non-ASCII character as U+FFFD pieces); by default the
+    words are whole (``AttentionMaps.words``).
     """
 
     needs_attention = True
 
-    def __init__(self, *, threshold: float = 0.3, border: str = "window") -> None:
+    def __init__(self, *, threshold: float = 0.3, border: str = "window", per_token: bool = False) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold {threshold!r} must be in [0, 1]")
         if border not in BORDERS:
             raise ValueError(f"border {border!r} must be one of {', '.join(BORDERS)}")
         self.threshold = float(threshold)
         self.border = border
+        self.per_token = bool(per_token)
 
     @classmethod
     def from_settings(cls, settings: Any) -> "CrossAttentionDecomposer":
-        """The decomposer for a run: ``threshold`` from ``settings.c``, ``border``
-        from the plugin option ``cross_attention.border``."""
+        """The decomposer for a run: ``threshold`` from ``settings.c``; ``border``
+        and ``per_token`` from the plugin options ``cross_attention.border``
+        (``window`` or ``clipped``) and ``cross_attention.per_token``
+        (``true`` or ``false``)."""
         options = getattr(settings, "plugin_options", None) or {}
         border = options.get("cross_attention.border", "window")
         if border not in BORDERS:
             raise SettingsError(f"option cross_attention.border={border!r} must be one of {', '.join(BORDERS)}")
-        return cls(threshold=settings.c, border=border)
+        raw = options.get("cross_attention.per_token", "false")
+        per_token = _FLAGS.get(str(raw).strip().lower())
+        if per_token is None:
+            raise SettingsError(f"option cross_attention.per_token={raw!r} must be true or false")
+        return cls(threshold=settings.c, border=border, per_token=per_token)
 
     def __repr__(self) -> str:
-        return f"CrossAttentionDecomposer(threshold={self.threshold}, border={self.border!r})"
+        return (f"CrossAttentionDecomposer(threshold={self.threshold}, border={self.border!r}, "
+                f"per_token={self.per_token})")
+
+    def attention(self, attention: AttentionMaps) -> AttentionMaps:
+        """The maps this decomposer selects from: ``attention`` itself (whole
+        words) or, with ``per_token``, ``attention.per_token()``."""
+        return attention.per_token() if self.per_token else attention
 
     def word_masks(self, attention: AttentionMaps) -> torch.Tensor:
-        """The cleaned binary mask of every word, ``(n_words, h_a, w_a)`` (for pictures)."""
-        return word_masks(attention)
+        """The cleaned binary mask of every word (of every token with
+        ``per_token``), ``(n, h_a, w_a)`` (for pictures)."""
+        return word_masks(self.attention(attention))
 
     def decompose(self, request: DecomposeRequest) -> PatchPrompts:
         """One prompt per window: the kept words in prompt order, joined by single spaces.
 
-        A window may get the empty string. Without attention maps, or with no
+        The words are whole (each decoded from all its tokens), so no prompt
+        carries a piece of a word, unless ``per_token`` asks for the release's
+        tokens. A window may get the empty string. Without attention maps, or with no
         words (an empty prompt), every window gets ``request.prompt``.
         """
         attention = request.attention
         count = len(request.layout)
+        if attention is not None:
+            attention = self.attention(attention)
         if attention is None or not attention.words:
             return PatchPrompts((request.prompt,) * count)
         if attention.maps.shape[-1] != len(attention.words):

@@ -15,7 +15,8 @@ def accdiffusion_register_prompt_decomposers(register: Callable[..., None]) -> N
     register(
         "cross_attention",
         CrossAttentionDecomposer.from_settings,
-        description="AccDiffusion patch-content-aware prompts from phase-1 cross-attention maps (options: c, cross_attention.border)",
+        description="AccDiffusion patch-content-aware prompts from phase-1 cross-attention maps "
+        "(options: c, cross_attention.border, cross_attention.per_token)",
     )
     register(
         "identical",
