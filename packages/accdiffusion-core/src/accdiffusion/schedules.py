@@ -13,7 +13,8 @@ whether the skip residual applies. Both are registered through the
   (``start_fraction``, default 0.7 of the way) with the skip residual on,
   the idea of DiffuseHigh, FreCaS and ScaleDiff: the upscaled latents
   already hold the layout, so the noisiest steps only redraw it. At the
-  default it evaluates 30% of the upscaling timesteps (6 of 20, 15 of 50);
+  default it evaluates at most 30% of the upscaling timesteps (6 of 20,
+  4 of 15, 15 of 50);
   docs/schedules.md gives the measurements behind the default.
 """
 
@@ -41,8 +42,8 @@ class FastSchedule:
     """Each upscaling phase starts ``start_fraction`` of the way down its schedule.
 
     The phase keeps ``steps`` scheduler timesteps and begins at index
-    ``floor(start_fraction * steps)`` (at least one timestep is always
-    evaluated), so it costs ``1 - start_fraction`` of a ``paper`` phase.
+    ``ceil(start_fraction * steps)`` (at least one timestep is always
+    evaluated), so it costs at most ``1 - start_fraction`` of a ``paper`` phase.
     ``skip_residual``: keep DemoFusion's skip residual in the phases.
     """
 
@@ -77,7 +78,7 @@ class FastSchedule:
 
     def plan(self, request: ScheduleRequest) -> tuple[PhaseSchedule, ...]:
         n = request.steps
-        start = min(n - 1, math.floor(self.start_fraction * n + 1e-9))
+        start = min(n - 1, math.ceil(self.start_fraction * n - 1e-9))
         return tuple(PhaseSchedule(steps=n, start=start, skip_residual=self.skip_residual) for _ in request.scales)
 
 

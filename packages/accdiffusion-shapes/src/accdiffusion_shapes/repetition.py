@@ -62,7 +62,18 @@ METHODS: dict[str, Optional[dict[str, str]]] = {
     "patch-prompts": {"prompt_decomposer": "cross_attention", "global_guidance": "dilated"},
     "interaction": {"prompt_decomposer": "identical", "global_guidance": "window_interaction"},
     "accdiffusion": {"prompt_decomposer": "cross_attention", "global_guidance": "window_interaction"},
+    # the full method on the fast schedule, at its default start and at other starts (how the default was chosen)
+    "accdiffusion-fast": {"prompt_decomposer": "cross_attention", "global_guidance": "window_interaction",
+                          "schedule": "fast"},
+    "fast-start-0.6": {"prompt_decomposer": "cross_attention", "global_guidance": "window_interaction",
+                       "schedule": "fast", "plugin_options": {"fast.start_fraction": "0.6"}},
+    "fast-start-0.8": {"prompt_decomposer": "cross_attention", "global_guidance": "window_interaction",
+                       "schedule": "fast", "plugin_options": {"fast.start_fraction": "0.8"}},
 }
+
+#: Methods run unless ``--methods`` says otherwise (the start sweep is asked for by name).
+DEFAULT_METHODS = ("direct", "multidiffusion", "demofusion", "patch-prompts", "interaction", "accdiffusion",
+                   "accdiffusion-fast")
 
 
 #: A copy is a connected component of at least this share of the *native* image
@@ -97,20 +108,23 @@ def count_named(image: Any, named: dict[tuple[str, str], int], native: int) -> d
 
 
 def run_one(method: str, pipe: Any, prompt: str, factor: int, seed: int, steps: int,
-            guidance: float, negative_prompt: str = "") -> tuple[Any, float]:
-    """One image of ``method`` and the seconds it took (same scheduler, steps,
-    guidance and negative prompt for every method)."""
+            guidance: float, negative_prompt: str = "") -> tuple[Any, float, int]:
+    """One image of ``method``, the seconds it took and its UNet evaluations (CFG
+    halves counted separately; same scheduler, steps, guidance and negative
+    prompt for every method)."""
     start = time.perf_counter()
     if METHODS[method] is None:
+        evaluations = steps * (2 if guidance > 1 else 1)
         native = pipe.unet.config.sample_size * pipe.vae_scale_factor
         image = pipe(prompt, negative_prompt=negative_prompt, height=native * factor, width=native * factor,
                      num_inference_steps=steps, guidance_scale=guidance,
                      generator=torch.Generator().manual_seed(seed)).images[0]
     else:
-        image = accdiffusion.generate(prompt, pipeline=pipe, scale=factor, steps=steps, seed=seed,
-                                      guidance_scale=guidance, multi_guidance_scale=guidance,
-                                      negative_prompt=negative_prompt, **METHODS[method]).image
-    return image, time.perf_counter() - start
+        result = accdiffusion.generate(prompt, pipeline=pipe, scale=factor, steps=steps, seed=seed,
+                                       guidance_scale=guidance, multi_guidance_scale=guidance,
+                                       negative_prompt=negative_prompt, **METHODS[method])
+        image, evaluations = result.image, result.unet_evaluations
+    return image, time.perf_counter() - start, evaluations
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -129,6 +143,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "extra_share": sum(r["extra"] for r in sel) / n,
             "exact_share": sum(r["exact"] for r in sel) / n,
             "seconds_per_image": sum(r["seconds"] for r in sel) / n,
+            "unet_evaluations_per_image": sum(r.get("unet_evaluations", 0) for r in sel) / n,
         })
     return out
 
@@ -137,15 +152,17 @@ def markdown(summary: list[dict[str, Any]], command: str) -> str:
     """The summary as a markdown table, with the command that produced it."""
     lines = [
         "| factor | method | images | copies of named objects / image (prompt's count) | of those with the named "
-        "shape | all objects / image | images with extra copies | images exactly as prompted | s / image |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "shape | all objects / image | images with extra copies | images exactly as prompted | s / image "
+        "| UNet evaluations / image |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         lines.append(
             f"| {s['factor']}x | {s['method']} | {s['images']} | {s['named_per_image']:.2f} "
             f"({s['expected_per_image']:.2f}) | {s['shape_matched_per_image']:.2f} | {s['total_per_image']:.2f} "
             f"| {100 * s['extra_share']:.0f}% "
-            f"| {100 * s['exact_share']:.0f}% | {s['seconds_per_image']:.1f} |"
+            f"| {100 * s['exact_share']:.0f}% | {s['seconds_per_image']:.1f} "
+            f"| {s['unet_evaluations_per_image']:.0f} |"
         )
     return f"Command: `{command}`\n\n" + "\n".join(lines) + "\n"
 
@@ -161,7 +178,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--negative-prompt", default="", help="negative prompt of every method (the model was trained "
                    "with empty captions for guidance; words outside its vocabulary mean nothing to it)")
     p.add_argument("--prompts", type=int, default=len(PROMPTS), help="use the first N prompts of the set")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="methods to run")
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS),
+                   help="methods to run")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--summarize-only", action="store_true",
                    help="only rebuild the table and grids from the parts already in OUT (after parallel runs)")
@@ -198,6 +216,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     command = "python -m accdiffusion_shapes.repetition " + " ".join(
         [f"--out {args.out}", "--factors", *map(str, args.factors), "--seeds", *map(str, args.seeds),
          f"--steps {args.steps}", f"--guidance {args.guidance}", f"--prompts {args.prompts}"]
+        + (["--methods", *args.methods] if list(args.methods) != list(DEFAULT_METHODS) else [])
         + ([f"--negative-prompt {args.negative_prompt!r}"] if args.negative_prompt else []))
     if not args.summarize_only:
         (out / "parts").mkdir(parents=True, exist_ok=True)
@@ -211,13 +230,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 folder.mkdir(parents=True, exist_ok=True)
                 for k, (prompt, named) in enumerate(prompts):
                     for seed in args.seeds:
-                        image, seconds = run_one(method, pipe, prompt, factor, seed, args.steps, args.guidance,
+                        image, seconds, evaluations = run_one(method, pipe, prompt, factor, seed, args.steps, args.guidance,
                                                  args.negative_prompt)
                         counts = count_named(image, named, native)
                         name = folder / f"{k}-{seed}.png"
                         image.save(name)
                         rows.append({"factor": factor, "method": method, "prompt": prompt, "prompt_index": k,
-                                     "seed": seed, "seconds": round(seconds, 3),
+                                     "seed": seed, "seconds": round(seconds, 3), "unet_evaluations": evaluations,
                                      "image": str(name.relative_to(out)), **counts})
                         print(f"{factor}x {method:<15} seed {seed} {prompt!r}: {counts['per_object']} "
                               f"({seconds:.1f} s)", flush=True)
