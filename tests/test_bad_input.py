@@ -207,6 +207,9 @@ def test_api_errors(tiny_sd15_path, no_load):
         for value in ("false", "true", 0, 1, None):
             with pytest.raises(SettingsError, match=f"{field}={value!r} is not allowed: a boolean"):
                 accdiffusion.generate("a cat", model=model, **{field: value})
+    for field in ("guidance_scale", "c", "sigma", "attention_strength", "steps"):
+        with pytest.raises(SettingsError, match=f"{field}=True is not allowed"):
+            accdiffusion.generate("a cat", model=model, **{field: True})
     with pytest.raises(SettingsError, match="prompt=None is not allowed: a string"):
         accdiffusion.generate(None, model=model)
     with pytest.raises(SettingsError, match="plugin_options=3"):
