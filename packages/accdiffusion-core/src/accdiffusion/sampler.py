@@ -132,10 +132,15 @@ class Result:
         return sum(p.unet_evaluations for p in self.phases)
 
 
+@functools.lru_cache(maxsize=None)
+def _step_takes_generator(step: Any) -> bool:
+    return "generator" in inspect.signature(step).parameters
+
+
 def scheduler_step(scheduler: Any, output: torch.Tensor, t: Any, z: torch.Tensor,
                    generator: Optional[torch.Generator]) -> torch.Tensor:
     """One scheduler step, passing the run's generator to schedulers that draw noise."""
-    if "generator" in inspect.signature(scheduler.step).parameters:
+    if _step_takes_generator(type(scheduler).step):
         return scheduler.step(output, t, z, generator=generator, return_dict=False)[0]
     return scheduler.step(output, t, z, return_dict=False)[0]
 

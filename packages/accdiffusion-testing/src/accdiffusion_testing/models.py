@@ -36,6 +36,7 @@ __all__ = [
     "NATIVE_SIZE",
     "TEXT_HIDDEN_SIZE",
     "VAE_SCALE_FACTOR",
+    "make_small_sdxl",
     "make_tiny_sd15",
     "make_tiny_sd21",
     "make_tiny_sdxl",
@@ -70,12 +71,13 @@ def _tokenizer(folder: Path) -> CLIPTokenizer:
     return CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder))
 
 
-def _text_config(tokenizer: CLIPTokenizer, *, projection_dim: int, hidden_act: str) -> CLIPTextConfig:
+def _text_config(tokenizer: CLIPTokenizer, *, projection_dim: int, hidden_act: str,
+                 hidden_size: int = TEXT_HIDDEN_SIZE, intermediate_size: int = 37) -> CLIPTextConfig:
     """Return a two-layer CLIP text config whose vocabulary and special ids match ``tokenizer``."""
     return CLIPTextConfig(
         vocab_size=len(tokenizer),
-        hidden_size=TEXT_HIDDEN_SIZE,
-        intermediate_size=37,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
         projection_dim=projection_dim,
         num_hidden_layers=2,
         num_attention_heads=2,
@@ -87,19 +89,21 @@ def _text_config(tokenizer: CLIPTokenizer, *, projection_dim: int, hidden_act: s
     )
 
 
-def _vae(seed: int, scaling_factor: float) -> AutoencoderKL:
-    """Build a two-level VAE (``vae_scale_factor`` 2) whose decoded images are not saturated."""
+def _vae(seed: int, scaling_factor: float, channels: tuple[int, ...] = _VAE_CHANNELS,
+         sample_size: int = NATIVE_SIZE) -> AutoencoderKL:
+    """Build a VAE with ``len(channels)`` levels (``vae_scale_factor`` ``2 ** (levels - 1)``)
+    whose decoded images are not saturated."""
     torch.manual_seed(seed)
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * len(_VAE_CHANNELS),
-        up_block_types=("UpDecoderBlock2D",) * len(_VAE_CHANNELS),
-        block_out_channels=_VAE_CHANNELS,
+        down_block_types=("DownEncoderBlock2D",) * len(channels),
+        up_block_types=("UpDecoderBlock2D",) * len(channels),
+        block_out_channels=channels,
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=_NORM_GROUPS,
-        sample_size=NATIVE_SIZE,
+        sample_size=sample_size,
         scaling_factor=scaling_factor,
     )
     with torch.no_grad():
@@ -173,6 +177,56 @@ def make_tiny_sdxl(folder: str | Path, *, seed: int = 0, dtype: torch.dtype = to
     )
     if dtype != torch.float32:
         pipe.to(dtype=dtype)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def make_small_sdxl(folder: str | Path, *, seed: int = 0) -> Path:
+    """Build a small SDXL pipeline for CPU speed measurements and save it to ``folder``.
+
+    SDXL's layout at a small width: native 512 px (latent 64, a four-level VAE
+    with ``vae_scale_factor`` 8), UNet block channels (64, 128, 256) with two
+    layers per block and one transformer layer per attention block (24.4M
+    parameters; cross-attention at 1/2 and 1/4 of the latent side as in SDXL),
+    two CLIP text encoders of hidden size 64 on the offline tokenizer, SDXL's
+    Euler scheduler. Random weights: it measures time, not images.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = _tokenizer(folder / "tokenizer")
+    tokenizer_2 = _tokenizer(folder / "tokenizer_2")
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(_text_config(tokenizer, projection_dim=64, hidden_act="quick_gelu",
+                                              hidden_size=64, intermediate_size=256))
+    torch.manual_seed(seed)
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer_2, projection_dim=64, hidden_act="gelu",
+                                                              hidden_size=64, intermediate_size=256))
+    torch.manual_seed(seed)
+    channels = (64, 128, 256)
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=channels,
+        layers_per_block=2,
+        transformer_layers_per_block=(1, 1, 1),
+        attention_head_dim=tuple(c // 32 for c in channels),
+        norm_num_groups=32,
+        cross_attention_dim=128,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=32,
+        projection_class_embeddings_input_dim=32 * 6 + 64,
+    )
+    vae = _vae(seed, _SDXL_SCALING_FACTOR, channels=(8, 16, 32, 32), sample_size=512)
+    scheduler = EulerDiscreteScheduler(**_SCHEDULER_CONFIG, prediction_type="epsilon")
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
 
