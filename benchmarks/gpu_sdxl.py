@@ -12,7 +12,11 @@ float16, on ``cuda``) with an offline tokenizer, assembles a
    overhead on this GPU;
 3. optionally (``--scale 3`` or more) the same at ``scale * 1024`` px;
 4. the UNet views per upscaling step, counted by wrapping the adapter's
-   ``predict``, against the method's ``(2s-1)^2 + s^2`` (twice for CFG).
+   ``predict``, against the method's ``(2s-1)^2 + s^2`` (twice for CFG);
+5. every run once per schedule of ``--schedules`` (default ``paper fast``);
+6. with ``--offload``, the largest size again with model CPU offload
+   (``enable_model_cpu_offload``, needs ``accelerate``); the VAE is tiled
+   above 2048 px in every run.
 
 Results go to ``$OUT/gpu_results.json`` (``OUT`` defaults to ``.``).
 Random weights make meaningless images; sizes, kernels and therefore time and
@@ -23,7 +27,7 @@ memory are those of the real model.
 
 Usage::
 
-    python benchmarks/gpu_sdxl.py --architectures shared/architectures.json --steps 5 [--scale 3]
+    python benchmarks/gpu_sdxl.py --architectures shared/architectures.json --steps 5 [--scale 4] [--offload]
     python benchmarks/gpu_sdxl.py --dry-run
 """
 
@@ -53,6 +57,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=5, help="sampling steps per phase (default 5)")
     parser.add_argument("--scale", type=int, default=2,
                         help="also run at scale * 1024 px when above 2 (progressive phases 2..scale)")
+    parser.add_argument("--schedules", nargs="+", default=["paper", "fast"],
+                        help="schedule stages to run each size with (default: paper fast)")
+    parser.add_argument("--offload", action="store_true",
+                        help="also run the largest size with model CPU offload (needs accelerate)")
     parser.add_argument("--unet-repeats", type=int, default=10, help="timed repeats of the single UNet forward")
     parser.add_argument("--no-warmup", action="store_true",
                         help="skip the untimed 1-step generate that compiles kernels for the views' batch sizes")
@@ -220,7 +228,7 @@ def expected_views(scale: int) -> int:
     return (2 * scale - 1) ** 2 + scale**2
 
 
-def run_generate(pipe: Any, side: int, steps: int) -> dict[str, Any]:
+def run_generate(pipe: Any, side: int, steps: int, schedule: str = "paper") -> dict[str, Any]:
     """``accdiffusion.generate`` at ``side x side`` with default stages: total
     seconds, peak memory, per-phase seconds, UNet time and views per phase.
 
@@ -236,18 +244,23 @@ def run_generate(pipe: Any, side: int, steps: int) -> dict[str, Any]:
     torch.cuda.reset_peak_memory_stats()
     with meter.wrapping(SDXLAdapter):
         seconds, result = cuda_seconds(lambda: accdiffusion.generate(
-            PROMPT, pipeline=pipe, height=side, width=side, steps=steps, seed=0, progress=meter.progress))
+            PROMPT, pipeline=pipe, height=side, width=side, steps=steps, seed=0, schedule=schedule,
+            progress=meter.progress))
     peak = torch.cuda.max_memory_allocated() / 2**30
     phases = []
     for info, record in zip(result.phases, meter.phases(), strict=True):
         entry = {"scale": info.scale, "latent_size": list(info.latent_size), "seconds": info.seconds,
                  "unet_seconds": record["seconds"], "overhead_seconds": info.seconds - record["seconds"],
                  "unet_calls": record["calls"], "unet_views": record["views"],
-                 "unet_views_per_step": record["views"] / steps}
+                 "unet_evaluations": info.unet_evaluations,
+                 "unet_views_per_step": record["views"] / max(1, info.steps - info.start)}
         if info.scale > 1:
             entry["expected_views_per_step"] = 2 * expected_views(info.scale)
+            entry["start"] = info.start
         phases.append(entry)
-    return {"side": side, "steps": steps, "seconds": seconds, "peak_memory_gib": peak, "phases": phases,
+    return {"side": side, "steps": steps, "schedule": schedule, "seconds": seconds, "peak_memory_gib": peak,
+            "unet_seconds": sum(p["unet_seconds"] for p in phases), "unet_evaluations": result.unet_evaluations,
+            "phases": phases,
             "outside_phases_seconds": seconds - sum(p.seconds for p in result.phases)}
 
 
@@ -289,10 +302,27 @@ def main(argv: Optional[list[str]] = None) -> None:
     if not args.no_warmup:
         results["warmup_seconds"] = run_generate(pipe, sides[-1], 1)["seconds"]
     runs = []
-    for side in sides:
-        runs.append(run_generate(pipe, side, args.steps))
-        print(json.dumps(runs[-1]), flush=True)
+
+    def save() -> None:
         (out_dir / "gpu_results.json").write_text(json.dumps({**results, "runs": runs}, indent=2), encoding="utf-8")
+
+    for side in sides:
+        for schedule in args.schedules:
+            runs.append(run_generate(pipe, side, args.steps, schedule))
+            print(json.dumps({k: v for k, v in runs[-1].items() if k != "phases"}), flush=True)
+            save()
+    if args.offload:
+        try:
+            pipe.enable_model_cpu_offload()
+        except Exception as exc:  # accelerate missing or unsupported: say so in the results
+            results["offload"] = f"not run: {type(exc).__name__}: {exc}"
+        else:
+            for schedule in args.schedules:
+                run = run_generate(pipe, sides[-1], args.steps, schedule)
+                runs.append({**run, "offload": "model"})
+                print(json.dumps({k: v for k, v in runs[-1].items() if k != "phases"}), flush=True)
+                save()
+    save()
     print(f"wrote {out_dir / 'gpu_results.json'}")
 
 
