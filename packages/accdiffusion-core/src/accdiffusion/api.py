@@ -96,7 +96,7 @@ def load_image(image: Any) -> Image.Image:
 
 
 _GENERATE_ARGUMENTS = ("model", "model_config", "pipeline", "image", "host", "progress", "prompt_decomposer",
-                       "tiler", "global_guidance", "upscaler")
+                       "tiler", "global_guidance", "upscaler", "executor")
 
 
 def check_options(options: dict[str, Any]) -> None:
@@ -175,6 +175,7 @@ def generate(
     global_guidance: Any = None,
     upscaler: Any = None,
     schedule: Any = None,
+    executor: Any = None,
     **options: Any,
 ) -> Result:
     """Generate one image far above the model's native size.
@@ -188,7 +189,9 @@ def generate(
     the global path off. ``image`` upscales a given image instead of
     generating phase 1. A registered model's recommended settings apply
     where ``options`` do not say otherwise. Every bad value is reported
-    before the model loads.
+    before the model loads. ``executor`` builds the run's view executor
+    (``Sampler(executor=...)``; default: one process), e.g. an
+    :class:`accdiffusion.distributed.DistributedExecutorFactory`.
     """
     check_options(options)
     for arg, value in (("model", model), ("model_config", model_config)):
@@ -233,14 +236,15 @@ def generate(
             pipeline = load_pipeline(location, settings.dtype, settings.device, offload=settings.offload,
                                      single_file_config=model_config)
         phase["name"] = "preparing the stages"
-        sampler = Sampler.from_pipeline(pipeline, settings, host=host, **overrides)
+        sampler = Sampler.from_pipeline(pipeline, settings, host=host, executor=executor, **overrides)
         start = time.perf_counter()
         result = sampler(settings, image=init_image, progress=tracked)
     except Exception as exc:
         if _is_out_of_memory(exc):
             raise _out_of_memory(exc, phase["name"], settings, size) from exc
         raise
-    record = build_record(result, settings, sampler, model=location, seconds=time.perf_counter() - start)
+    record = build_record(result, settings, sampler, model=location, seconds=time.perf_counter() - start,
+                          processes=int(getattr(executor, "processes", 1)))
     record["model"]["name"] = model_name
     record["model"]["defaults"] = defaults
     return attrs.evolve(result, record=record)

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import attrs
 
-from .errors import AccDiffusionError, ResourceError
+from .errors import AccDiffusionError, DistributedError, ResourceError
 from .settings import DTYPES, OFFLOAD, SCHEDULERS, Settings
 
 _DEFAULTS = {f.name: f.default for f in attrs.fields(Settings) if f.default is not attrs.NOTHING}
@@ -200,6 +200,40 @@ def _quiet_libraries(quiet: bool) -> Iterator[None]:
                 os.environ[k] = v
 
 
+@attrs.frozen
+class _ProcessGroup:
+    context: Any
+    factory: Any
+
+
+@contextlib.contextmanager
+def _process_group(device: str) -> Iterator[Optional[_ProcessGroup]]:
+    """With ``WORLD_SIZE`` > 1 in the environment (``torchrun``): join the
+    process group and yield the distributed executor factory; else ``None``.
+    The group is left when the run ends, also after an error (with gloo), so
+    that the other ranks see this one gone and fail instead of waiting."""
+    if os.environ.get("WORLD_SIZE", "1").strip() in ("", "1"):
+        yield None
+        return
+    import torch.distributed as dist
+
+    from .distributed import DistributedExecutorFactory, close_distributed, init_distributed, world_size_from_env
+
+    if world_size_from_env() == 1:
+        yield None
+        return
+    joined = not dist.is_initialized()
+    context = init_distributed(device)
+    try:
+        yield _ProcessGroup(context, DistributedExecutorFactory())
+    except BaseException:
+        if joined and context.backend == "gloo":  # NCCL's watchdog ends a broken group itself
+            close_distributed()
+        raise
+    if joined:
+        close_distributed()
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from .output import check_output_dir, check_run_name
 
@@ -207,7 +241,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.name is not None:
         check_run_name(args.name)
     check_output_dir(args.output)
-    with _quiet_libraries(args.quiet):
+    with _quiet_libraries(args.quiet), _process_group(getattr(args, "device", "auto")) as group:
         from .api import generate
         from .output import write_run
         from .plugins import PluginHost
@@ -215,9 +249,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
         options = {f.name: getattr(args, f.name) for f in attrs.fields(Settings)
                    if f.name not in ("prompt", "plugin_options") and hasattr(args, f.name)}
         options["plugin_options"] = dict(args.option)
+        main_rank = group is None or group.context.is_main
+        if group is not None and group.context.device.startswith("cuda"):
+            options["device"] = group.context.device  # each rank on its own GPU
         host = PluginHost()
         result = generate(args.prompt, model=args.model, model_config=args.model_config, image=args.image,
-                          host=host, progress=_progress(args.quiet), **options)
+                          host=host, progress=_progress(args.quiet or not main_rank),
+                          executor=None if group is None else group.factory, **options)
+        if group is not None:
+            result = attrs.evolve(result, record={**result.record, "distributed": group.factory.summary()})
+        if not main_rank:  # rank 0 alone writes the run folder and prints
+            return 0
         name = args.name or time.strftime("%Y%m%d-%H%M%S") + f"-seed{result.seed}"
         folder = write_run(result, args.output, name, attention_pictures=not args.no_pictures)
     for w in result.warnings:
@@ -250,14 +292,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit status (0 success, 1 out of
-    memory, 2 a bad value, 130 interrupted)."""
+    memory or a failed process group, 2 a bad value, 130 interrupted)."""
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.command == "generate":
             return cmd_generate(args)
         return cmd_plugins(args)
-    except ResourceError as exc:
+    except (ResourceError, DistributedError) as exc:
         _close_progress_bars()
         print(f"accdiffusion: error: {exc}", file=sys.stderr)
         return 1

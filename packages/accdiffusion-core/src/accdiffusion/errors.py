@@ -21,3 +21,8 @@ class ModelError(AccDiffusionError):
 
 class ResourceError(AccDiffusionError):
     """A run ran out of memory; the message names the phase, the size and what to lower."""
+
+
+class DistributedError(AccDiffusionError):
+    """A run of several processes failed together: a collective failed or timed
+    out (another process died or stopped answering), or the group could not form."""

@@ -126,14 +126,22 @@ class ViewExecutor:
         for gi, n in enumerate(sizes):
             bounds.append((gi, offset, offset + n))
             offset += n
-        outs = []
+        chunks = []
         for start in range(0, offset, self.batch_size):
             stop = min(start + self.batch_size, offset)
             segments = [(gi, max(a, start) - a, min(b, stop) - a) for gi, a, b in bounds if a < stop and b > start]
-            x = scheduler.scale_model_input(latents[start:stop], timestep)
-            outs.append(self._chunk(x, timestep, [(groups[gi], lo, hi) for gi, lo, hi in segments]))
+            chunks.append((start, stop, [(groups[gi], lo, hi) for gi, lo, hi in segments]))
+        outs = self._run_chunks(scheduler, timestep, latents, chunks)
         out = outs[0] if len(outs) == 1 else torch.cat(outs)
         return list(out.split(sizes))
+
+    def _run_chunks(self, scheduler: Any, timestep: Any, latents: torch.Tensor,
+                    chunks: list[tuple[int, int, list[tuple[ViewGroup, int, int]]]]) -> list[torch.Tensor]:
+        """The guided outputs of each chunk ``(start, stop, segments)`` of
+        ``latents``, in order: one :meth:`_chunk` call each. An executor of
+        several processes overrides this to evaluate a share of the chunks."""
+        return [self._chunk(scheduler.scale_model_input(latents[start:stop], timestep), timestep, segments)
+                for start, stop, segments in chunks]
 
     def _chunk(self, x: torch.Tensor, timestep: Any, segments: list[tuple[ViewGroup, int, int]]) -> torch.Tensor:
         """One UNet call for a chunk made of ``segments`` (group, lo, hi)."""

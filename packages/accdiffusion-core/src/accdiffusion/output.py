@@ -38,8 +38,9 @@ def _versions() -> dict[str, str]:
 
 
 def build_record(result: Result, settings: Settings, sampler: Sampler, *, model: Optional[str] = None,
-                 seconds: Optional[float] = None) -> dict[str, Any]:
-    """Everything needed to reproduce and understand a run, as plain JSON."""
+                 seconds: Optional[float] = None, processes: int = 1) -> dict[str, Any]:
+    """Everything needed to reproduce and understand a run, as plain JSON
+    (``processes``: how many processes shared the UNet work)."""
     a = sampler.adapter
     sched = a.pipeline.scheduler
     plan = result.plan
@@ -83,6 +84,7 @@ def build_record(result: Result, settings: Settings, sampler: Sampler, *, model:
                              "per_phase": {str(ph.scale): ph.unet_evaluations for ph in result.phases}},
         "warnings": list(result.warnings),
         "seconds": None if seconds is None else round(seconds, 3),
+        "processes": processes,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
