@@ -17,6 +17,7 @@ from .loading import check_device, inspect_folder, load_pipeline
 from .output import build_record
 from .plugins import NO_GLOBAL_GUIDANCE, PluginHost
 from .sampler import ProgressFactory, Result, Sampler
+from . import preflight
 from .settings import Settings, plan_sizes
 from .stages import STAGES
 
@@ -142,6 +143,44 @@ def _out_of_memory(exc: BaseException, phase: str, settings: Settings, size: Opt
                          + ", ".join(advice))
 
 
+def estimate_cost(settings: Settings, plan: Any, host: PluginHost, overrides: dict[str, Any],
+                  location: Optional[str]) -> "preflight.Estimate":
+    """The preflight estimate of a run on the local folder ``location`` (no weights load)."""
+    from .sampler import schedule_request_for
+    from .schedules import validate_schedule
+
+    schedule = host.create("schedule", overrides.get("schedule", settings.schedule), settings)
+    request = schedule_request_for(settings, plan, preflight.folder_timesteps(location, settings.scheduler))
+    name = settings.schedule if "schedule" not in overrides else type(overrides["schedule"]).__name__
+    schedules = validate_schedule(schedule.plan(request), request, f"schedule {name!r}")
+    device = check_device(settings.device)
+    gg = overrides.get("global_guidance", settings.global_guidance)
+    return preflight.estimate(settings, plan, schedules, device=device, folder=location,
+                              local=settings.local_path, global_path=gg not in (None, NO_GLOBAL_GUIDANCE))
+
+
+def estimate_run(prompt: str, *, model: Optional[str] = None, host: Optional[PluginHost] = None,
+                 schedule: Any = None, **options: Any) -> "preflight.Estimate":
+    """What :func:`generate` with the same arguments would cost (phases, windows,
+    UNet evaluations, a peak-memory estimate), from the model's configs only.
+    ``model`` must be a registered name or a local diffusers folder."""
+    check_options(options)
+    host = host or PluginHost()
+    overrides = {} if schedule is None or isinstance(schedule, str) else {"schedule": schedule}
+    if isinstance(schedule, str):
+        options["schedule"] = schedule
+    model_name = DEFAULT_MODEL if model is None else model
+    settings = Settings(prompt=prompt, **{**host.model_defaults(model_name), **options})
+    check_stage_names(settings, host, overrides)
+    location = resolve_model(model, host)
+    info = inspect_folder(location)
+    if info is None:
+        raise ModelError(f"model {location!r} is not a local diffusers folder: a cost estimate reads the "
+                         "folder's configs (download it first, or pass a registered model name)")
+    plan = plan_sizes(settings, info["native_size"], info["vae_scale_factor"])
+    return estimate_cost(settings, plan, host, overrides, location)
+
+
 def check_stage_names(settings: Settings, host: PluginHost, overrides: dict[str, Any]) -> None:
     """Raise :class:`PluginError` for a stage name no installed plugin registered,
     and for a stage object that does not implement its stage's protocol."""
@@ -233,6 +272,7 @@ def generate(
             if info is not None:
                 plan = plan_sizes(settings, info["native_size"], info["vae_scale_factor"])
                 size = (plan.height, plan.width)
+                preflight.check(estimate_cost(settings, plan, host, overrides, location), settings)
             pipeline = load_pipeline(location, settings.dtype, settings.device, offload=settings.offload,
                                      single_file_config=model_config)
         phase["name"] = "preparing the stages"

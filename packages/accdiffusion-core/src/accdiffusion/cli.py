@@ -56,6 +56,9 @@ _HELP = {
     "device": "torch device, e.g. cpu, cuda, cuda:1, mps; auto picks cuda, then mps, then cpu",
     "offload": "CPU offload of model components (needs accelerate)",
     "save_stages": "also save the image of every phase",
+    "max_phases": "refuse runs with more phases than this (checked before the model loads)",
+    "max_unet_evaluations": "refuse runs needing more UNet evaluations than this (see --dry-run)",
+    "max_memory_gb": "refuse runs whose peak-memory estimate exceeds this many GiB (default: the device's free memory)",
 }
 
 #: Settings a registered model may recommend values for (shown in ``--help``).
@@ -101,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--name", default=None, help="run subfolder name (default: time and seed)")
     gen.add_argument("--no-pictures", action="store_true", help="skip attention-map and patch-prompt pictures")
     gen.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    gen.add_argument("--dry-run", action="store_true",
+                     help="print the run's phases, windows, UNet evaluations and memory estimate, then stop "
+                          "(reads the model's configs, loads no weights)")
     gen.add_argument("--option", action="append", type=_kv, default=[], metavar="KEY=VALUE",
                      help="free-form option for third-party stages (repeatable)")
     for f in attrs.fields(Settings):
@@ -118,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif f.name in _CHOICES:
             kwargs["choices"] = _CHOICES[f.name]
+        elif f.name == "max_memory_gb":
+            kwargs["type"] = float
         elif f.name in ("height", "width", "seed", "stride") or isinstance(default, int):
             kwargs["type"] = int
         elif isinstance(default, float):
@@ -234,6 +242,23 @@ def _process_group(device: str) -> Iterator[Optional[_ProcessGroup]]:
         close_distributed()
 
 
+def cmd_dry_run(args: argparse.Namespace) -> int:
+    """Print what the run would cost (phases, windows, UNet evaluations, memory) and stop."""
+    with _quiet_libraries(True):
+        from .api import estimate_run
+        from .preflight import check
+
+        options = {f.name: getattr(args, f.name) for f in attrs.fields(Settings)
+                   if f.name not in ("prompt", "plugin_options") and hasattr(args, f.name)}
+        options["plugin_options"] = dict(args.option)
+        est = estimate_run(args.prompt, model=args.model, **options)
+    print("\n".join(est.lines()))
+    check(est, Settings(prompt=args.prompt, **{k: v for k, v in options.items()
+                                               if k in ("max_phases", "max_unet_evaluations", "max_memory_gb")}))
+    print("within the limits: the run would start")
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from .output import check_output_dir, check_run_name
 
@@ -241,6 +266,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.name is not None:
         check_run_name(args.name)
     check_output_dir(args.output)
+    if args.dry_run:
+        return cmd_dry_run(args)
     with _quiet_libraries(args.quiet), _process_group(getattr(args, "device", "auto")) as group:
         from .api import generate
         from .output import write_run

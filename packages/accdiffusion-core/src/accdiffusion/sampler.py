@@ -33,6 +33,7 @@ from PIL import Image
 
 from .adapters import ModelAdapter
 from .attention import AttentionCapture, extract_maps
+from . import preflight
 from .executor import ViewExecutor, ViewGroup, repeat_conditioning
 from .errors import PluginError, SettingsError
 from .plugins import PluginHost
@@ -289,6 +290,9 @@ class Sampler:
                                 "keep the local path or choose a global guidance")
         plan = plan_sizes(settings, a.native_size, a.vae_scale_factor)
         schedules = self.plan_schedule(settings, plan)
+        preflight.check(preflight.estimate(settings, plan, schedules, device=str(a.device),
+                                           latent_channels=a.latent_channels, local=settings.local_path,
+                                           global_path=self.global_guidance is not None), settings)
         seed = settings.seed if settings.seed is not None else int.from_bytes(os.urandom(7), "big")
         base = make_scheduler(settings.scheduler, a.pipeline.scheduler)
         cond = a.encode_prompts([settings.prompt])
@@ -536,7 +540,12 @@ def schedule_request(settings: Settings, plan: Plan, base_scheduler: Any) -> Sch
         sched.set_timesteps(int(n))
         return tuple(int(t) for t in sched.timesteps)
 
+    return schedule_request_for(settings, plan, timesteps, int(base_scheduler.config.num_train_timesteps))
+
+
+def schedule_request_for(settings: Settings, plan: Plan, timesteps: Callable[[int], tuple[int, ...]],
+                         num_train_timesteps: int = 1000) -> ScheduleRequest:
+    """A :class:`ScheduleRequest` from a plan and a ``timesteps(n)`` function."""
     return ScheduleRequest(scales=tuple(plan.scales[1:]), latent_sizes=tuple(plan.latent_sizes[1:]),
-                           steps=settings.steps, factor=plan.factor,
-                           num_train_timesteps=int(base_scheduler.config.num_train_timesteps),
+                           steps=settings.steps, factor=plan.factor, num_train_timesteps=num_train_timesteps,
                            scheduler=settings.scheduler, timesteps=timesteps)

@@ -87,7 +87,7 @@ def accdiffusion_register_schedules(register) -> None:
     register("paper", lambda settings: PaperSchedule(),
              "DemoFusion/AccDiffusion as published: every phase from pure noise, all steps")
     register("fast", FastSchedule.from_settings,
-             "each upscaling phase starts part-way down the schedule (0.7 by default): 30% of the UNet work")
+             "each upscaling phase starts 70% of the way down its schedule: at most 30% of its steps")
 
 
 def validate_schedule(phases: Any, request: ScheduleRequest, source: str) -> tuple[PhaseSchedule, ...]:

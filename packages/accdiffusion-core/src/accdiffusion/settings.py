@@ -133,6 +133,9 @@ class Settings:
     device: str = attrs.field(default="auto", validator=_string("device"))
     offload: str = attrs.field(default="none", validator=_choice("offload", OFFLOAD))
     save_stages: bool = attrs.field(default=False, validator=_boolean("save_stages"))
+    max_phases: int = attrs.field(default=16, validator=_positive_int("max_phases"))
+    max_unet_evaluations: int = attrs.field(default=500_000, validator=_positive_int("max_unet_evaluations"))
+    max_memory_gb: Optional[float] = attrs.field(default=None)
     plugin_options: Mapping[str, str] = attrs.field(factory=dict, converter=lambda m: _options_dict(m))
 
     @seed.validator
@@ -140,6 +143,12 @@ class Settings:
         if value is not None:
             _check(isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63,
                    "seed", value, "an integer in [0, 2**63) or None")
+
+    @max_memory_gb.validator
+    def _max_memory(self, _attr, value):
+        if value is not None:
+            _check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                   and value > 0, "max_memory_gb", value, "a number > 0 (GiB) or None for the device's free memory")
 
     @stride.validator
     def _stride(self, _attr, value):
@@ -201,6 +210,14 @@ def plan_sizes(settings: Settings, native: int, vae_scale_factor: int) -> Plan:
                f"a multiple of 8 and of the VAE factor {vae_scale_factor}")
         _check(value >= native, name, value, f"at least the model's native size {native} px")
     factor = max(height, width) // native
+    phases = factor if settings.progressive else min(factor, 2)
+    if phases > settings.max_phases:
+        from .errors import ResourceError
+
+        raise ResourceError(
+            f"{width}x{height} px from {native} px native means factor {factor}: {phases} phases, more than "
+            f"max_phases={settings.max_phases}; ask for a smaller size or scale, use a model with a larger native "
+            f"size, --no-progressive, or raise --max-phases")
     window = native // vae_scale_factor
     stride = settings.stride if settings.stride is not None else window // 2
     _check(stride <= window, "stride", stride, f"at most the window size {window} latent px")
