@@ -292,7 +292,7 @@ def _interrupt(argv, tmp_path, wait_for: str | None, delay: float = 0.0) -> tupl
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_ctrl_c_during_a_run(tiny_sd15_path, tmp_path):
     out = tmp_path / "out"
-    code, err = _interrupt(["generate", "a cat", "--model", str(tiny_sd15_path), "--steps", "100000", "--seed", "1",
+    code, err = _interrupt(["generate", "a cat", "--model", str(tiny_sd15_path), "--steps", "10000", "--seed", "1",
                             "--output", str(out), "--name", "run"], tmp_path, wait_for="phase 1")
     assert code == 130, err
     assert "Traceback" not in err
