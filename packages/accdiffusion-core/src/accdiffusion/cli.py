@@ -132,6 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["type"] = float
         gen.add_argument(flag, **kwargs)
     sub.add_parser("plugins", help="list installed stage plugins and models", formatter_class=fmt)
+    bat = sub.add_parser("batch", help="generate one image per line of a prompts file", formatter_class=fmt,
+                         description="One run folder per line of PROMPTS_FILE (JSON lines with per-prompt "
+                                     "settings, or plain text: one prompt per line) and batch-summary.json. "
+                                     "Settings flags apply to every line; a line's own settings win.")
+    bat.add_argument("prompts_file", help="JSON-lines (.jsonl) or text file of prompts")
+    bat.add_argument("--ray", default=None, metavar="ADDRESS",
+                     help="run the lines as Ray tasks, one worker per GPU or CPU slot: 'local' starts Ray "
+                          "here, HOST:PORT or ray://HOST:PORT joins a cluster (needs accdiffusion-core[ray])")
+    settings_dests = {f.name for f in attrs.fields(Settings)}
+    for action in gen._actions:  # the settings flags and the model and output flags of generate
+        if action.option_strings and action.dest in settings_dests or action.dest in ("model", "model_config", "output", "no_pictures",
+                                                             "quiet", "option"):
+            bat._add_action(action)
     return parser
 
 
@@ -295,6 +308,58 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    """``accdiffusion batch``: every line checked first, then run; returns 0
+    when every line made an image, 3 when some were refused or failed."""
+    from .output import check_output_dir
+
+    check_output_dir(args.output)
+    with _quiet_libraries(True):
+        from .api import DEFAULT_MODEL, resolve_model
+        from .batch import SUMMARY, check_lines, parse_prompts, run_batch
+        from .loading import inspect_folder
+        from .plugins import PluginHost
+
+        if args.ray is not None:
+            from .batch import check_ray_address
+
+            check_ray_address(args.ray)
+        host = PluginHost()
+        options = {f.name: getattr(args, f.name) for f in attrs.fields(Settings)
+                   if f.name not in ("prompt", "plugin_options") and hasattr(args, f.name)}
+        if args.option:
+            options["plugin_options"] = dict(args.option)
+        model_name = DEFAULT_MODEL if args.model is None else args.model
+        defaults = host.model_defaults(model_name)
+        base = {**defaults, **options}
+        Settings(prompt="", **base)  # the command line's own values, before any line
+        location = resolve_model(args.model, host)
+        lines = check_lines(parse_prompts(args.prompts_file), base, host, inspect_folder(location))
+        for line in lines:
+            if line.error is not None:
+                print(f"accdiffusion: {args.prompts_file}:{line.number}: skipped: {line.error}", file=sys.stderr)
+
+        def progress(total: int) -> Any:
+            if args.quiet:
+                return None
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, desc="batch", unit="prompt", file=sys.stderr)
+            _BARS.append(bar)
+            return bar
+
+        summary = run_batch(lines, base, args.output, location=location,
+                            model={"name": model_name, "location": location, "defaults": defaults},
+                            prompts_file=str(args.prompts_file), model_config=args.model_config,
+                            pictures=not args.no_pictures, ray_address=args.ray, progress=progress)
+    for entry in summary["results"]:
+        if entry["status"] == "failed":
+            print(f"accdiffusion: {args.prompts_file}:{entry['line']}: failed: {entry['error']}", file=sys.stderr)
+    print(f"{summary['ok']} of {summary['lines']} lines made an image ({summary['failed']} failed, "
+          f"{summary['invalid']} skipped); summary: {os.path.join(args.output, SUMMARY)}")
+    return 0 if summary["ok"] == summary["lines"] else 3
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from .plugins import NO_GLOBAL_GUIDANCE, PluginHost
     from .stages import STAGES
@@ -325,6 +390,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parser.parse_args(argv)
         if args.command == "generate":
             return cmd_generate(args)
+        if args.command == "batch":
+            return cmd_batch(args)
         return cmd_plugins(args)
     except (ResourceError, DistributedError) as exc:
         _close_progress_bars()
