@@ -85,3 +85,13 @@ def test_dry_run_prints_the_cost_and_writes_nothing(tiny_sd15_path, tmp_path, ca
     assert not out.exists() or not any(out.iterdir())
     assert main(["generate", "a cat", "--model", str(tiny_sd15_path), "--steps", "10000000", "--dry-run"]) == 1
     assert "more than max_unet_evaluations=500,000" in capsys.readouterr().err
+
+
+def test_sampler_takes_settings_only(tiny_sd15_pipeline):
+    from accdiffusion import Sampler, SettingsError
+
+    with pytest.raises(SettingsError, match="settings=dict is not allowed"):
+        Sampler.from_pipeline(tiny_sd15_pipeline, {"prompt": "a cat"})
+    sampler = Sampler.from_pipeline(tiny_sd15_pipeline, Settings(prompt="a cat"))
+    with pytest.raises(SettingsError, match="settings=dict is not allowed"):
+        sampler({"prompt": "a cat"})

@@ -256,6 +256,9 @@ class Sampler:
                       executor: Optional[Callable[..., ViewExecutor]] = None, **stages: Any) -> "Sampler":
         """Adapter and stages for ``pipeline``: each stage is the object given in
         ``stages`` or the plugin named in ``settings``."""
+        if not isinstance(settings, Settings):
+            raise SettingsError(f"settings={type(settings).__name__} is not allowed: an accdiffusion.Settings "
+                                "(for example Settings(prompt=..., **options))")
         unknown = set(stages) - set(STAGES)
         if unknown:
             raise PluginError(f"unknown stage(s) {sorted(unknown)}; stages are {', '.join(STAGES)}")
@@ -272,6 +275,9 @@ class Sampler:
     def __call__(self, settings: Settings, *, image: Optional[Image.Image] = None,
                  progress: Optional[ProgressFactory] = None) -> Result:
         """Generate (or, with ``image``, upscale) according to ``settings``."""
+        if not isinstance(settings, Settings):
+            raise SettingsError(f"settings={type(settings).__name__} is not allowed: an accdiffusion.Settings "
+                                "(for example Settings(prompt=..., **options))")
         with torch.inference_mode():
             return self._run(settings, image, progress or (lambda desc, total: _NoProgress()))
 
