@@ -83,3 +83,27 @@ def test_shared_batches_make_fewer_unet_calls(pipes):
     # phase 1: 2 calls of 2; phase 2: 9 windows + 4 samples in one call of 26 per step, not 18 + 8
     assert shared == [2, 2, 26, 26]
     assert separate == [2, 2, 18, 8, 18, 8]
+
+
+def test_a_tiler_that_leaves_gaps_is_refused(pipes):
+    from accdiffusion import PluginError
+    from accdiffusion.types import Window, WindowLayout
+
+    class LeftHalf:
+        """Covers only the left half of the canvas."""
+
+        def layout(self, height, width, window, stride, generator):
+            return WindowLayout((Window(0, 0, height, width // 2),), height, width)
+
+    calls = []
+    pipe = pipes["sd15"]
+    original = pipe.unet.forward
+    pipe.unet.forward = lambda *a, **k: (calls.append(a[0].shape[0]), original(*a, **k))[1]
+    try:
+        with pytest.raises(PluginError, match=r"tiler '<LeftHalf>' left 512 of 1024 latent pixels uncovered "
+                                              r"\(first at row 0, column 16\)"):
+            generate(PROMPT, pipeline=pipe, scale=2, steps=2, seed=0, tiler=LeftHalf(),
+                     prompt_decomposer="identical")
+    finally:
+        pipe.unet.forward = original
+    assert calls == [2, 2]  # phase 1 ran; no upscaling step did
