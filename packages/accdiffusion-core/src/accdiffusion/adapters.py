@@ -126,9 +126,35 @@ class ModelAdapter:
         cond: Conditioning,
         crops_top_left: Optional[torch.Tensor],
         target_size: tuple[int, int],
+        **residuals: Any,
     ) -> torch.Tensor:
-        """The UNet's raw output for scheduler-scaled ``latents`` (one row of ``cond`` each)."""
+        """The UNet's raw output for scheduler-scaled ``latents`` (one row of ``cond`` each).
+
+        ``residuals``: only with structure guidance, ``down_block_additional_residuals``
+        (a list of tensors) and ``mid_block_additional_residual``, added to the
+        UNet's skip connections and middle block as diffusers' ControlNet
+        pipelines do; without them the call is unchanged.
+        """
         raise NotImplementedError
+
+    def unet_kwargs(self, n: int, cond: Conditioning, crops_top_left: Optional[torch.Tensor],
+                    target_size: tuple[int, int]) -> dict[str, Any]:
+        """The family's extra UNet (and ControlNet) keyword arguments for ``n`` rows."""
+        return {}
+
+    def control_residuals(self, controlnet: Any, latents: torch.Tensor, timestep: Any, cond: Conditioning,
+                          crops_top_left: Optional[torch.Tensor], target_size: tuple[int, int],
+                          images: torch.Tensor, scale: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """A diffusers ``ControlNetModel``'s down and mid residuals for
+        scheduler-scaled ``latents`` with control ``images`` ``(N, 3, H, W)`` in
+        ``[0, 1]``, scaled by ``scale`` (the family's added conditioning included)."""
+        dtype = controlnet.dtype
+        down, mid = controlnet(
+            latents.to(self.device, dtype), timestep, encoder_hidden_states=cond.embeds.to(self.device, dtype),
+            controlnet_cond=images.to(self.device, dtype), conditioning_scale=float(scale), return_dict=False,
+            **self.unet_kwargs(latents.shape[0], cond, crops_top_left, target_size),
+        )
+        return list(down), mid
 
     # -- codec --------------------------------------------------------------
 
@@ -204,8 +230,16 @@ class SDXLAdapter(ModelAdapter):
         )
         return Conditioning(neg, neg_pooled)
 
-    def predict(self, latents, timestep, cond, crops_top_left, target_size):
-        n = latents.shape[0]
+    def predict(self, latents, timestep, cond, crops_top_left, target_size, **residuals):
+        dtype = self.dtype
+        out = self.unet(
+            latents.to(self.device, dtype), timestep, encoder_hidden_states=cond.embeds.to(self.device, dtype),
+            return_dict=False, **self.unet_kwargs(latents.shape[0], cond, crops_top_left, target_size),
+            **_cast_residuals(residuals, self.device, dtype),
+        )[0]
+        return out.float()
+
+    def unet_kwargs(self, n, cond, crops_top_left, target_size):
         h, w = target_size
         time_ids = torch.tensor([h, w, 0, 0, h, w], dtype=torch.float32).repeat(n, 1)
         if crops_top_left is not None:
@@ -218,11 +252,7 @@ class SDXLAdapter(ModelAdapter):
             "text_embeds": cond.pooled.to(self.device, dtype),
             "time_ids": time_ids.to(self.device, torch.float32),
         }
-        out = self.unet(
-            latents.to(self.device, dtype), timestep, encoder_hidden_states=cond.embeds.to(self.device, dtype),
-            added_cond_kwargs=added, return_dict=False,
-        )[0]
-        return out.float()
+        return {"added_cond_kwargs": added}
 
 
 class SDAdapter(ModelAdapter):
@@ -238,13 +268,25 @@ class SDAdapter(ModelAdapter):
         _, neg = self.pipeline.encode_prompt([prompt], self.device, 1, True, negative_prompt=[negative_prompt])
         return Conditioning(neg)
 
-    def predict(self, latents, timestep, cond, crops_top_left, target_size):
+    def predict(self, latents, timestep, cond, crops_top_left, target_size, **residuals):
         dtype = self.dtype
         out = self.unet(
             latents.to(self.device, dtype), timestep, encoder_hidden_states=cond.embeds.to(self.device, dtype),
-            return_dict=False,
+            return_dict=False, **_cast_residuals(residuals, self.device, dtype),
         )[0]
         return out.float()
+
+
+def _cast_residuals(residuals: dict[str, Any], device: Any, dtype: torch.dtype) -> dict[str, Any]:
+    """ControlNet residuals on the UNet's device and dtype (``None`` values dropped)."""
+    out: dict[str, Any] = {}
+    down = residuals.get("down_block_additional_residuals")
+    if down is not None:
+        out["down_block_additional_residuals"] = [t.to(device, dtype) for t in down]
+    mid = residuals.get("mid_block_additional_residual")
+    if mid is not None:
+        out["mid_block_additional_residual"] = mid.to(device, dtype)
+    return out
 
 
 @hookimpl(trylast=True)

@@ -13,7 +13,7 @@ import attrs
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ModelError, PluginError, ResourceError, SettingsError
-from .loading import check_device, inspect_folder, load_pipeline
+from .loading import apply_loras, check_device, check_lora_locations, inspect_folder, load_pipeline
 from .output import build_record
 from .plugins import NO_GLOBAL_GUIDANCE, PluginHost
 from .sampler import ProgressFactory, Result, Sampler
@@ -97,7 +97,7 @@ def load_image(image: Any) -> Image.Image:
 
 
 _GENERATE_ARGUMENTS = ("model", "model_config", "pipeline", "image", "host", "progress", "prompt_decomposer",
-                       "tiler", "global_guidance", "upscaler", "executor")
+                       "tiler", "global_guidance", "upscaler", "executor", "structure_guidance")
 
 
 def check_options(options: dict[str, Any]) -> None:
@@ -215,6 +215,7 @@ def generate(
     upscaler: Any = None,
     schedule: Any = None,
     executor: Any = None,
+    structure_guidance: Any = None,
     **options: Any,
 ) -> Result:
     """Generate one image far above the model's native size.
@@ -245,7 +246,7 @@ def generate(
     overrides = {}
     for stage, value in (("prompt_decomposer", prompt_decomposer), ("tiler", tiler),
                          ("global_guidance", global_guidance), ("upscaler", upscaler),
-                         ("schedule", schedule)):
+                         ("schedule", schedule), ("structure_guidance", structure_guidance)):
         if isinstance(value, str):
             options[stage] = value
         elif value is not None:
@@ -256,6 +257,7 @@ def generate(
     settings = Settings(prompt=prompt, **{**defaults, **options})
     check_stage_names(settings, host, overrides)
     check_device(settings.device)
+    check_lora_locations(settings.lora)
     init_image = None if image is None else load_image(image)
     location = None
     size: Optional[tuple[int, int]] = None
@@ -277,6 +279,7 @@ def generate(
                                      single_file_config=model_config)
         phase["name"] = "preparing the stages"
         sampler = Sampler.from_pipeline(pipeline, settings, host=host, executor=executor, **overrides)
+        loras = apply_loras(pipeline, settings.lora)
         start = time.perf_counter()
         result = sampler(settings, image=init_image, progress=tracked)
     except Exception as exc:
@@ -287,6 +290,7 @@ def generate(
                           processes=int(getattr(executor, "processes", 1)))
     record["model"]["name"] = model_name
     record["model"]["defaults"] = defaults
+    record["lora"] = loras
     return attrs.evolve(result, record=record)
 
 

@@ -50,6 +50,16 @@ _HELP = {
     "global_guidance": "global path stage; 'none' switches it off",
     "upscaler": "latent upscaler stage",
     "schedule": "steps and start timestep of each upscaling phase: 'paper' (default) or 'fast'",
+    "structure_guidance": "extra conditioning of the local windows: 'none' or 'controlnet' (AccDiffusion v2)",
+    "controlnet": "with --structure-guidance controlnet: a diffusers ControlNetModel folder or hub id "
+                  "of the model's family",
+    "control_image": "with controlnet: this control image (resized to each phase) instead of the previous "
+                     "phase's canny edges",
+    "canny_sigma": "canny thresholds at (1 -/+ this) x the median intensity of the previous phase's image",
+    "controlnet_scale": "conditioning scale of the ControlNet's residuals",
+    "controlnet_start": "fraction of each phase's steps before the ControlNet starts",
+    "controlnet_end": "fraction of each phase's steps after which the ControlNet stops",
+    "lora": "PATH[:SCALE]: load LoRA weights (file, folder or hub id) with this scale (default 1.0); repeatable",
     "attention_factor": "read cross-attention at 1/this of the latent side",
     "attention_strength": "with --image: share of the schedule re-noised to read attention maps",
     "dtype": "model precision",
@@ -122,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": text}
         if isinstance(default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif f.name == "lora":
+            kwargs.update(action="append", metavar="PATH[:SCALE]", help=_HELP["lora"])
         elif f.name in _CHOICES:
             kwargs["choices"] = _CHOICES[f.name]
         elif f.name == "max_memory_gb":

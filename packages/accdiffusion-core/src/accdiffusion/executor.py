@@ -27,7 +27,7 @@ from typing import Any, Hashable, Optional, Sequence
 import attrs
 import torch
 
-from .types import Conditioning
+from .types import Conditioning, ControlViews
 
 
 @attrs.frozen
@@ -40,6 +40,9 @@ class ViewGroup:
     ``None`` for ``(0, 0)``; ``key``: a hashable name under which the
     executor may keep this group's conditioning between steps (``None``: not
     cached). The same key must always come with the same rows and crops.
+    ``control``: per-view extra conditioning from a structure guidance
+    (:class:`~accdiffusion.types.ControlViews`, one control image per view)
+    or ``None``; the control images are not part of the cached rows.
     """
 
     latents: torch.Tensor = attrs.field(eq=False)
@@ -47,6 +50,7 @@ class ViewGroup:
     guidance_scale: float
     crops: Optional[torch.Tensor] = attrs.field(default=None, eq=False)
     key: Optional[Hashable] = None
+    control: Optional[ControlViews] = attrs.field(default=None, eq=False)
 
     def __len__(self) -> int:
         return int(self.latents.shape[0])
@@ -171,7 +175,12 @@ class ViewExecutor:
             unc_x = [x[a:b] for a, b, c in self._offsets(segments, cfg) if c]
             x = torch.cat(unc_x + [x]) if len(unc_x) > 1 or len(unc_x[0]) != len(x) else torch.cat([x, x])
         self.evaluations += int(x.shape[0])
-        out = self.adapter.predict(x, timestep, cond, crops, self.target)
+        if any(g.control is not None for g, _, _ in segments):
+            down, mid = self._control_residuals(x, timestep, cond, crops, segments, cfg)
+            out = self.adapter.predict(x, timestep, cond, crops, self.target, down_block_additional_residuals=down,
+                                       mid_block_additional_residual=mid)
+        else:
+            out = self.adapter.predict(x, timestep, cond, crops, self.target)
         if not any(cfg):
             return out
         n_unc = out.shape[0] - sum(hi - lo for _, lo, hi in segments)
@@ -189,6 +198,41 @@ class ViewExecutor:
                 co = u + g.guidance_scale * (co - u)
             guided.append(co)
         return torch.cat(guided)
+
+    def _control_residuals(self, x: torch.Tensor, timestep: Any, cond: Conditioning, crops: Optional[torch.Tensor],
+                           segments: list[tuple[ViewGroup, int, int]], cfg: list[bool]
+                           ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """ControlNet residuals for the rows of a chunk's UNet batch ``x``
+        (unconditional rows first, as built by :meth:`_chunk`): each row with
+        control gets its model's residuals (both CFG halves see the same
+        control image), a row without control gets zeros, so it is denoised
+        exactly as without a ControlNet."""
+        rows = [(g, k) for (g, lo, hi), c in zip(segments, cfg) if c for k in range(lo, hi)]
+        rows += [(g, k) for g, lo, hi in segments for k in range(lo, hi)]
+        parts: dict[tuple[int, float], list[int]] = {}
+        for r, (g, _) in enumerate(rows):
+            if g.control is not None:
+                parts.setdefault((id(g.control.model), float(g.control.scale)), []).append(r)
+        down: Optional[list[torch.Tensor]] = None
+        mid: Optional[torch.Tensor] = None
+        for idx in parts.values():
+            first = rows[idx[0]][0].control
+            images = torch.stack([rows[r][0].control.images[rows[r][1]] for r in idx])
+            at = torch.tensor(idx)
+            part_cond = Conditioning(cond.embeds[at], None if cond.pooled is None else cond.pooled[at])
+            d, m = self.adapter.control_residuals(first.model, x[at], timestep, part_cond,
+                                                  None if crops is None else crops[at], self.target, images,
+                                                  first.scale)
+            if len(idx) == len(rows):
+                return list(d), m
+            if down is None:
+                down = [torch.zeros((len(rows), *t.shape[1:]), dtype=t.dtype, device=t.device) for t in d]
+                mid = torch.zeros((len(rows), *m.shape[1:]), dtype=m.dtype, device=m.device)
+            dev = at.to(m.device)
+            for full, t in zip(down, d):
+                full.index_copy_(0, dev, t)
+            mid.index_copy_(0, dev, m)
+        return down, mid
 
     @staticmethod
     def _offsets(segments, cfg):

@@ -94,3 +94,12 @@ def accdiffusion_register_schedules(register) -> None:
 
     ``factory(settings)`` returns a :class:`accdiffusion.stages.Schedule`.
     """
+
+
+@hookspec
+def accdiffusion_register_structure_guidances(register) -> None:
+    """Register structure guidances: ``register(name, factory, description="")``.
+
+    ``factory(settings)`` returns a :class:`accdiffusion.stages.StructureGuidance`.
+    The core registers ``none`` (default) and ``controlnet``.
+    """

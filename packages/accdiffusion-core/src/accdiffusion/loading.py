@@ -36,6 +36,10 @@ def inspect_folder(location: str) -> Optional[dict[str, Any]]:
                              f"(allowed suffixes: {', '.join(SINGLE_FILE_SUFFIXES)})")
         return None
     index = path / "model_index.json"
+    if not index.is_file() and _folder_class(path) == CONTROLNET_CLASS:
+        raise ModelError(f"model folder {location!r} holds a ControlNet ({CONTROLNET_CLASS}), not a pipeline: "
+                         "pass it as --controlnet (controlnet=...) with --structure-guidance controlnet, "
+                         "and a base model of its family as --model")
     if not index.is_file():
         raise ModelError(f"model folder {location!r} has no model_index.json: not a diffusers pipeline folder")
     info = _read_config(path, "model_index.json", location)
@@ -200,3 +204,165 @@ def load_pipeline(
     except ImportError as exc:
         raise ModelError(f"offload={offload!r} needs the accelerate package: pip install accelerate ({exc})") from exc
     return pipe
+
+
+# -- ControlNets -------------------------------------------------------------------
+
+CONTROLNET_CLASS = "ControlNetModel"
+
+
+def _folder_class(path: Path) -> Optional[str]:
+    """The ``_class_name`` of ``path/config.json``, or ``None``."""
+    try:
+        data = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data.get("_class_name") if isinstance(data, dict) else None
+
+
+def _family(config: dict[str, Any]) -> str:
+    return "SDXL" if config.get("addition_embed_type") == "text_time" else "SD 1.x/2.x"
+
+
+def check_controlnet(config: dict[str, Any], unet_config: dict[str, Any], vae_scale_factor: int,
+                     location: str) -> None:
+    """:class:`ModelError` naming ``location`` when the ControlNet ``config``
+    does not fit the base UNet: another family (``addition_embed_type``),
+    another text width (``cross_attention_dim``), other latent or block
+    channels (``in_channels``, ``block_out_channels``), or a control image
+    embedding that does not downsample by the VAE's factor."""
+    what = f"ControlNet {location!r}"
+    checks = (("addition_embed_type", "family"), ("cross_attention_dim", "text embedding width"),
+              ("in_channels", "latent channels"), ("block_out_channels", "block channels"),
+              ("projection_class_embeddings_input_dim", "SDXL added-conditioning width"))
+    for key, meaning in checks:
+        a, b = config.get(key), unet_config.get(key)
+        if isinstance(a, tuple):
+            a = list(a)
+        if isinstance(b, tuple):
+            b = list(b)
+        if a != b:
+            raise ModelError(f"{what} does not fit the model: its {meaning} ({key}={a!r}, a {_family(config)} "
+                             f"ControlNet) differs from the model's UNet ({key}={b!r}, {_family(unet_config)}); "
+                             "allowed: a ControlNet trained for this base model's family")
+    channels = config.get("conditioning_embedding_out_channels") or (16, 32, 96, 256)
+    factor = 2 ** (len(channels) - 1)
+    if factor != vae_scale_factor:
+        raise ModelError(f"{what} does not fit the model: its control-image embedding downsamples by {factor} "
+                         f"(conditioning_embedding_out_channels={list(channels)!r}), the model's VAE by "
+                         f"{vae_scale_factor}; allowed: a ControlNet whose embedding matches the VAE factor")
+
+
+def load_controlnet(location: str, dtype: Any = torch.float32, device: Any = "cpu", *, unet: Any = None,
+                    vae_scale_factor: Optional[int] = None) -> Any:
+    """A diffusers ``ControlNetModel`` from a local folder or a hub id, in
+    ``dtype`` on ``device``. A local folder's ``config.json`` is read and, when
+    ``unet`` is given, checked against it (:func:`check_controlnet`) before
+    the weights load; :class:`ModelError` naming the location otherwise."""
+    import diffusers
+
+    torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    path = Path(location)
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"ControlNet {location!r} is a file; allowed: a diffusers ControlNetModel folder "
+                             "(config.json and its weights) or a hub id")
+        config = _read_config(path, "config.json", location)
+        if config.get("_class_name") != CONTROLNET_CLASS:
+            raise ModelError(f"ControlNet {location!r} holds a {config.get('_class_name')!r} (config.json, key "
+                             f"'_class_name'); allowed: a diffusers {CONTROLNET_CLASS} folder")
+        if unet is not None:
+            check_controlnet(config, dict(unet.config), vae_scale_factor or 8, location)
+    try:
+        model = diffusers.ControlNetModel.from_pretrained(location, torch_dtype=torch_dtype)
+    except Exception as exc:  # noqa: BLE001 - wrap loader errors with the location
+        raise ModelError(f"cannot load ControlNet {location!r}: {exc}") from exc
+    if unet is not None and not path.exists():
+        check_controlnet(dict(model.config), dict(unet.config), vae_scale_factor or 8, location)
+    return model.to(device).eval()
+
+
+# -- LoRA -----------------------------------------------------------------------------
+
+#: Adapter names given to the LoRAs of ``Settings.lora``, in order.
+LORA_ADAPTER_PREFIX = "accdiffusion_lora_"
+
+
+def check_lora_locations(entries: Any) -> list[tuple[str, float]]:
+    """``Settings.lora`` entries as ``(location, scale)``; a local-looking
+    location (a file name with a suffix, or a path with a separator) that does
+    not exist is a :class:`SettingsError` naming it."""
+    from .settings import parse_lora
+
+    out = []
+    for entry in entries:
+        location, scale = parse_lora(entry)
+        local = os.path.expanduser(location)
+        if os.path.exists(local):
+            out.append((local, scale))
+            continue
+        hub_id = location.count("/") == 1 and not location.startswith((".", "/", "~")) and not location.lower(
+            ).endswith((".safetensors", ".bin", ".pt", ".ckpt"))
+        if not hub_id:
+            raise SettingsError(f"lora={entry!r} is not allowed: {location!r} does not exist; allowed: a LoRA "
+                                ".safetensors file, a folder holding one, or a hub id (owner/name), "
+                                "optionally ':SCALE'")
+        out.append((location, scale))
+    return out
+
+
+def apply_loras(pipeline: Any, entries: Any) -> list[dict[str, Any]]:
+    """Load the LoRAs of ``Settings.lora`` into ``pipeline`` with diffusers'
+    loader of its family (UNet and every text encoder the LoRA has weights
+    for) and activate them with their scales. Returns ``[{"location",
+    "scale", "adapter", "components"}]`` for the record. A file that is not a
+    LoRA for this family raises :class:`ModelError` naming it; the LoRAs this
+    call loaded are removed again first."""
+    loras = check_lora_locations(entries)
+    if not loras:
+        return []
+    if not hasattr(pipeline, "load_lora_weights"):
+        raise ModelError(f"lora: a {type(pipeline).__name__} cannot load LoRA weights")
+    try:
+        import peft  # noqa: F401
+    except ImportError as exc:
+        raise ModelError("lora needs the peft package: pip install 'accdiffusion-core[lora]' (or pip install peft)"
+                         ) from exc
+    before = _adapters(pipeline)
+    stale = [n for n in before if n.startswith(LORA_ADAPTER_PREFIX)]
+    if stale:
+        pipeline.delete_adapters(stale)
+    names: list[str] = []
+    records = []
+    name = ""
+    try:
+        for k, (location, scale) in enumerate(loras):
+            name = f"{LORA_ADAPTER_PREFIX}{k}"
+            have = _adapters(pipeline)
+            try:
+                pipeline.load_lora_weights(location, adapter_name=name)
+            except Exception as exc:  # noqa: BLE001 - name the file
+                raise ModelError(f"lora {location!r} cannot be loaded into this {type(pipeline).__name__}: "
+                                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}; "
+                                 f"allowed: a LoRA for the model's family ({_family(dict(pipeline.unet.config))})"
+                                 ) from None
+            components = sorted(c for c, ns in pipeline.get_list_adapters().items() if name in ns)
+            if name not in _adapters(pipeline) or not components or set(have) == set(_adapters(pipeline)):
+                raise ModelError(f"lora {location!r} is not a LoRA for this model: none of its weights match "
+                                 f"the {_family(dict(pipeline.unet.config))} UNet or text encoders")
+            names.append(name)
+            records.append({"location": location, "scale": scale, "adapter": name, "components": components})
+        pipeline.set_adapters(names, adapter_weights=[r["scale"] for r in records])
+    except BaseException:
+        if any(n.startswith(LORA_ADAPTER_PREFIX) for n in _adapters(pipeline)):
+            pipeline.delete_adapters([n for n in _adapters(pipeline) if n.startswith(LORA_ADAPTER_PREFIX)])
+        raise
+    return records
+
+
+def _adapters(pipeline: Any) -> list[str]:
+    try:
+        listed = pipeline.get_list_adapters()
+    except Exception:  # noqa: BLE001 - no adapters loaded yet
+        return []
+    return sorted({n for ns in listed.values() for n in ns})

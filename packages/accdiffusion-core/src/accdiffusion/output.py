@@ -22,7 +22,20 @@ import attrs
 from .errors import SettingsError
 from .sampler import Result, Sampler
 from .schedulers import make_scheduler
-from .settings import Settings
+from .settings import Settings, parse_lora
+
+
+def _structure_record(settings: Settings, sampler: Sampler) -> dict[str, Any]:
+    """The structure guidance that ran and its options (the local path only)."""
+    name = sampler.stage_names.get("structure_guidance", "none")
+    entry: dict[str, Any] = {"name": name}
+    if name != "none":
+        entry.update({"applies_to": "local windows", "controlnet": settings.controlnet,
+                      "control_image": settings.control_image,
+                      "canny_sigma": None if settings.control_image is not None else settings.canny_sigma,
+                      "scale": settings.controlnet_scale, "start": settings.controlnet_start,
+                      "end": settings.controlnet_end})
+    return entry
 
 
 def _versions() -> dict[str, str]:
@@ -72,6 +85,8 @@ def build_record(result: Result, settings: Settings, sampler: Sampler, *, model:
         "settings": resolved.to_dict(),
         "seed": result.seed,
         "plugins": dict(sampler.stage_names),
+        "structure_guidance": _structure_record(settings, sampler),
+        "lora": [{"location": loc, "scale": scale} for loc, scale in map(parse_lora, settings.lora)],
         "scheduler": {"name": settings.scheduler, "class": type(make_scheduler(settings.scheduler, sched)).__name__,
                       "model_default": type(sched).__name__},
         "plan": {
@@ -224,6 +239,12 @@ def write_run(result: Result, out_dir: str | os.PathLike, name: str, *, attentio
             for scale, img in result.stage_images:
                 img.save(tmp / "stages" / f"scale-{scale}.png")
             files["stages"] = "stages/"
+        control_images = getattr(result, "control_images", ())
+        if control_images:
+            (tmp / "control").mkdir()
+            for scale, img in control_images:
+                img.save(tmp / "control" / f"control-scale-{scale}.png")
+            files["control"] = "control/"
         if attention_pictures:
             pics = tmp / "attention"
             pics.mkdir()

@@ -104,6 +104,7 @@ _STAGE_HOOKS = {
     "global_guidance": "accdiffusion_register_global_guidances",
     "upscaler": "accdiffusion_register_upscalers",
     "schedule": "accdiffusion_register_schedules",
+    "structure_guidance": "accdiffusion_register_structure_guidances",
     "model": "accdiffusion_register_models",
 }
 
@@ -126,6 +127,9 @@ class PluginHost:
         from . import schedules  # built-in schedules (paper, fast), registered like any plugin
 
         self.pm.register(schedules, name="accdiffusion.schedules")
+        from . import structure  # built-in structure guidances (none, controlnet)
+
+        self.pm.register(structure, name="accdiffusion.structure")
         if entry_points:
             self._load_entry_points()
         for plugin in plugins:

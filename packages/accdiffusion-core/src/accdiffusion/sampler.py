@@ -44,11 +44,13 @@ from .stages import STAGES
 from .types import (
     AttentionMaps,
     Conditioning,
+    ControlViews,
     DecomposeRequest,
     GuidanceRequest,
     PatchPrompts,
     PhaseSchedule,
     ScheduleRequest,
+    StructureRequest,
     ViewBatchRequest,
     WindowLayout,
 )
@@ -126,6 +128,8 @@ class Result:
     prompt_decomposer: Any = attrs.field(default=None, eq=False)
     #: The schedule of each upscaling phase.
     schedules: tuple[PhaseSchedule, ...] = ()
+    #: The structure guidance's control image of each upscaling phase, by scale (empty without one).
+    control_images: tuple[tuple[int, Image.Image], ...] = attrs.field(default=(), eq=False)
 
     @property
     def unet_evaluations(self) -> int:
@@ -195,6 +199,8 @@ class PhaseState:
     timesteps: torch.Tensor = attrs.field(eq=False)
     low_res_image: Callable[[], Image.Image] = attrs.field(eq=False)
     attention: Optional[AttentionMaps] = attrs.field(default=None, eq=False)
+    #: the previous phase's decoded image (phase 1's for the first upscaling phase), decoded on first call
+    previous_image: Optional[Callable[[], Image.Image]] = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
@@ -208,6 +214,8 @@ class LocalViews:
     crops: torch.Tensor = attrs.field(eq=False)
     count: torch.Tensor = attrs.field(eq=False)
     key: int = 0
+    #: the structure guidance's control of each window (``None``: none)
+    control: Optional[ControlViews] = attrs.field(default=None, eq=False)
 
 
 _layout_keys = itertools.count(1)
@@ -235,7 +243,7 @@ class Sampler:
 
     def __init__(self, adapter: ModelAdapter, *, prompt_decomposer: Any, tiler: Any, global_guidance: Any,
                  upscaler: Any, schedule: Any = None, stage_names: Optional[dict[str, str]] = None,
-                 executor: Optional[Callable[..., ViewExecutor]] = None) -> None:
+                 executor: Optional[Callable[..., ViewExecutor]] = None, structure_guidance: Any = None) -> None:
         self.adapter = adapter
         self.prompt_decomposer = prompt_decomposer
         self.tiler = tiler
@@ -243,7 +251,9 @@ class Sampler:
         self.upscaler = upscaler
         self.schedule = schedule if schedule is not None else PaperSchedule()
         self.executor_factory = executor or ViewExecutor
-        objs = (prompt_decomposer, tiler, global_guidance, upscaler, schedule)
+        #: extra conditioning of the local windows (``None``: none, as the ``none`` stage)
+        self.structure_guidance = structure_guidance
+        objs = (prompt_decomposer, tiler, global_guidance, upscaler, schedule, structure_guidance)
         names = {stage: ("none" if obj is None else type(obj).__name__) for stage, obj in zip(STAGES, objs)}
         if schedule is None:
             names["schedule"] = "paper"
@@ -299,6 +309,8 @@ class Sampler:
         preflight.check(preflight.estimate(settings, plan, schedules, device=str(a.device),
                                            latent_channels=a.latent_channels, local=settings.local_path,
                                            global_path=self.global_guidance is not None), settings)
+        if self.structure_guidance is not None:
+            self.structure_guidance.prepare(a)  # load and check its models before any UNet work
         seed = settings.seed if settings.seed is not None else int.from_bytes(os.urandom(7), "big")
         base = make_scheduler(settings.scheduler, a.pipeline.scheduler)
         cond = a.encode_prompts([settings.prompt])
@@ -353,9 +365,11 @@ class Sampler:
         bar.close()
         if settings.save_stages:
             stage_images.append((run.plan.factor, image))
+        pictures = getattr(self.structure_guidance, "pictures", None)
         return Result(image=image, latents=z.cpu(), seed=run.seed, plan=run.plan, phases=tuple(phases),
                       attention=first.attention, stage_images=tuple(stage_images), warnings=tuple(warnings),
-                      prompt_decomposer=self.prompt_decomposer, schedules=run.schedules)
+                      prompt_decomposer=self.prompt_decomposer, schedules=run.schedules,
+                      control_images=tuple(pictures()) if callable(pictures) else ())
 
     # -- phase 1 -------------------------------------------------------------------
 
@@ -413,8 +427,11 @@ class Sampler:
         z_up = self.upscaler.upscale(z, size, a).to(run.device)
         sched, noiser, timesteps = phase_schedulers(run.base_scheduler, ph, run.device)
         noise = torch.randn(z_up.shape, generator=gen).to(run.device)
+        previous = low_res_image if index == 0 else functools.lru_cache(maxsize=1)(
+            functools.partial(lambda latents: to_image(a.decode_latents(latents)), z))
         phase = PhaseState(scale=s, size=size, schedule=ph, scheduler=sched, noiser=noiser, z_up=z_up, noise=noise,
-                           timesteps=timesteps, low_res_image=low_res_image, attention=first.attention)
+                           timesteps=timesteps, low_res_image=low_res_image, attention=first.attention,
+                           previous_image=previous)
         local = self.local_views(run, phase) if settings.local_path else None
         first_local = local
         z = noiser.add_noise(z_up, noise, phase.timesteps[:1])
@@ -452,8 +469,19 @@ class Sampler:
                               f"column {int(xs[0])}); every pixel needs at least one window")
         vsf = a.vae_scale_factor
         crops = torch.tensor([[win.top * vsf, win.left * vsf] for win in layout.windows])
+        control = None
+        if self.structure_guidance is not None:
+            control = self.structure_guidance.control(StructureRequest(
+                scale=phase.scale, layout=layout, latent_size=(h, w), vae_scale_factor=vsf,
+                steps=len(phase.timesteps), previous_image=phase.previous_image or phase.low_res_image))
+            if control is not None:
+                want = (len(layout.windows), 3, layout.windows[0].height * vsf, layout.windows[0].width * vsf)
+                if tuple(control.images.shape) != want:
+                    raise PluginError(f"structure guidance {self.stage_names.get('structure_guidance')!r} returned "
+                                      f"control images of shape {tuple(control.images.shape)} for "
+                                      f"{len(layout.windows)} windows; expected {want}")
         return LocalViews(layout, prompts, run.executor.conditioning(prompts.prompts), crops, count.clamp(min=1),
-                          next(_layout_keys))
+                          next(_layout_keys), control)
 
     # -- one step ------------------------------------------------------------------
 
@@ -472,8 +500,11 @@ class Sampler:
             p = local.layout.pad
             zp = F.pad(z, (p, p, p, p)) if p else z
             views = torch.cat([zp[:, :, w.top:w.bottom, w.left:w.right] for w in local.layout.windows])
+            control = local.control
+            if control is not None and not control.active(i, len(phase.timesteps)):
+                control = None
             groups.append(ViewGroup(views, local.cond, settings.multi_guidance_scale, local.crops,
-                                    key=("local", local.key)))
+                                    key=("local", local.key), control=control))
         glob = assemble = None
         if self.global_guidance is not None:
             request = GuidanceRequest(latents=z, scale=phase.scale, timestep=float(t), step_index=i,

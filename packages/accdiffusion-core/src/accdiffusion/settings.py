@@ -90,6 +90,32 @@ def _threshold(_inst, _attr, value):
            "a number strictly between 0 and 1")
 
 
+def parse_lora(entry: Any) -> tuple[str, float]:
+    """``PATH[:SCALE]`` as ``(path, scale)``; the scale defaults to 1. A colon
+    followed by something that is neither a number nor part of a path (it holds
+    no ``/`` or ``\\``) is a :class:`SettingsError` naming the entry."""
+    allowed = "PATH[:SCALE]: a LoRA file, folder or hub id, optionally ':' and a number (default 1.0)"
+    _check(isinstance(entry, str) and entry.strip() != "", "lora", entry, allowed)
+    path, sep, tail = entry.rpartition(":")
+    if not sep or "/" in tail or "\\" in tail:
+        return entry, 1.0
+    try:
+        scale = float(tail)
+    except ValueError:
+        raise SettingsError(f"lora={entry!r} is not allowed: the scale {tail!r} is not a number; {allowed}") from None
+    _check(math.isfinite(scale), "lora", entry, allowed + " (a finite scale)")
+    _check(path.strip() != "", "lora", entry, allowed)
+    return path, scale
+
+
+def _lora_entries(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise SettingsError(f"lora={value!r} is not allowed: a list of PATH[:SCALE] strings")
+    for entry in value:
+        parse_lora(entry)
+    return tuple(value)
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
     """The settings of one run.
@@ -127,6 +153,14 @@ class Settings:
     global_guidance: str = attrs.field(default="window_interaction", validator=_stage_name("global_guidance"))
     upscaler: str = attrs.field(default="bicubic_latent", validator=_stage_name("upscaler"))
     schedule: str = attrs.field(default="paper", validator=_stage_name("schedule"))
+    structure_guidance: str = attrs.field(default="none", validator=_stage_name("structure_guidance"))
+    controlnet: Optional[str] = attrs.field(default=None)
+    control_image: Optional[str] = attrs.field(default=None)
+    canny_sigma: float = attrs.field(default=0.33)
+    controlnet_scale: float = attrs.field(default=0.5, validator=_nonneg_float("controlnet_scale"))
+    controlnet_start: float = attrs.field(default=0.0)
+    controlnet_end: float = attrs.field(default=1.0)
+    lora: tuple[str, ...] = attrs.field(default=(), converter=lambda v: _lora_entries(v))
     attention_factor: int = attrs.field(default=4, validator=_positive_int("attention_factor"))
     attention_strength: float = attrs.field(default=0.3)
     dtype: str = attrs.field(default="float32", validator=_choice("dtype", DTYPES))
@@ -156,6 +190,24 @@ class Settings:
             _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                    "stride", value, "an integer >= 1 (latent pixels), at most the window size")
 
+    @controlnet.validator
+    @control_image.validator
+    def _optional_location(self, attr, value):
+        if value is not None:
+            _check(isinstance(value, str) and value.strip() != "", attr.name, value,
+                   "a path (or, for controlnet, a hub id) or None")
+
+    @canny_sigma.validator
+    def _canny_sigma(self, _attr, value):
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1,
+               "canny_sigma", value, "a number in [0, 1] (canny thresholds at (1 -/+ sigma) x the median intensity)")
+
+    @controlnet_start.validator
+    @controlnet_end.validator
+    def _control_fraction(self, attr, value):
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1,
+               attr.name, value, "a number in [0, 1] (a fraction of the phase's steps)")
+
     @attention_strength.validator
     def _strength(self, _attr, value):
         _check(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1,
@@ -163,6 +215,9 @@ class Settings:
                "a number in (0, 1]")
 
     def __attrs_post_init__(self) -> None:
+        if self.controlnet_start >= self.controlnet_end:
+            raise SettingsError(f"controlnet_start={self.controlnet_start!r} with controlnet_end="
+                                f"{self.controlnet_end!r} is not allowed: start must be below end")
         if not self.local_path and self.global_guidance == "none":
             raise SettingsError("local_path=False with global_guidance='none' leaves nothing to sample: "
                                 "keep the local path or choose a global guidance")

@@ -1,4 +1,4 @@
-"""The four stage interfaces a plugin can implement.
+"""The stage interfaces a plugin can implement.
 
 A *stage object* is created once per run by a factory registered through the
 hooks in :mod:`accdiffusion.hookspecs` (or passed directly to the sampler).
@@ -14,25 +14,30 @@ Each protocol names the paper's part it stands for:
 * :class:`Upscaler`: latent upscaling between phases (DemoFusion progressive upscaling).
 * :class:`Schedule`: the steps of each upscaling phase and the timestep it starts
   from (DemoFusion's full schedule from pure noise, or part-way down for speed).
+* :class:`StructureGuidance`: extra per-window conditioning of the local path
+  (AccDiffusion v2's ControlNet on the previous phase's edges).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Protocol, runtime_checkable
+from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
 import torch
 
 from .types import (
+    ControlViews,
     DecomposeRequest,
     GlobalViews,
     GuidanceRequest,
     PatchPrompts,
     PhaseSchedule,
     ScheduleRequest,
+    StructureRequest,
     WindowLayout,
 )
 
-STAGES: tuple[str, ...] = ("prompt_decomposer", "tiler", "global_guidance", "upscaler", "schedule")
+STAGES: tuple[str, ...] = ("prompt_decomposer", "tiler", "global_guidance", "upscaler", "schedule",
+                           "structure_guidance")
 
 
 @runtime_checkable
@@ -120,6 +125,22 @@ class Schedule(Protocol):
         ...
 
 
+@runtime_checkable
+class StructureGuidance(Protocol):
+    """Extra conditioning for the local windows' UNet calls (AccDiffusion v2's
+    structure guidance: a ControlNet fed with the previous phase's edges)."""
+
+    def prepare(self, adapter: Any) -> None:
+        """Called once per run before any UNet work with the run's model
+        adapter: load models and check them against the base model (raise
+        :class:`~accdiffusion.errors.ModelError` or ``SettingsError`` on a mismatch)."""
+        ...
+
+    def control(self, request: StructureRequest) -> Optional[ControlViews]:
+        """Control for each window of ``request.layout``, or ``None`` for none."""
+        ...
+
+
 #: A factory registered for a stage: builds the stage object from the run's settings.
 StageFactory = Callable[["object"], object]
 
@@ -129,4 +150,5 @@ PROTOCOLS: dict[str, type] = {
     "global_guidance": GlobalGuidance,
     "upscaler": Upscaler,
     "schedule": Schedule,
+    "structure_guidance": StructureGuidance,
 }

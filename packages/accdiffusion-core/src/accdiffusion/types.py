@@ -267,3 +267,54 @@ class ScheduleRequest:
     num_train_timesteps: int
     scheduler: str
     timesteps: Callable[[int], tuple[int, ...]] = attrs.field(eq=False)
+
+
+@attrs.frozen
+class StructureRequest:
+    """What the structure-guidance stage gets for each local window layout of
+    an upscaling phase (once per phase with fixed windows, else at every new
+    layout).
+
+    ``layout`` is the phase's window layout (windows on the canvas padded by
+    ``layout.pad``), ``latent_size`` the phase's unpadded latent ``(h, w)``,
+    ``vae_scale_factor`` image pixels per latent pixel, so the phase's image is
+    ``latent_size * vae_scale_factor`` px and a window's image crop starts at
+    ``(top * vae_scale_factor, left * vae_scale_factor)`` on the padded image
+    (the SDXL crop coordinates the sampler passes too). ``previous_image()``
+    decodes the previous phase's result (phase 1's image for ``scale = 2``)
+    on first call; a stage that does not call it costs no decoding.
+    ``steps`` is the number of timesteps the phase evaluates.
+    """
+
+    scale: int
+    layout: WindowLayout
+    latent_size: tuple[int, int]
+    vae_scale_factor: int
+    steps: int
+    previous_image: Callable[[], "object"] = attrs.field(eq=False)
+
+
+@attrs.frozen
+class ControlViews:
+    """Per-window extra conditioning from a structure guidance: the control
+    image of each local window and the model that turns it into UNet residuals.
+
+    ``images``: ``(N, 3, H, W)`` in ``[0, 1]``, one per window of the layout in
+    window order, each ``H x W`` = the window's size in image pixels;
+    ``model``: a diffusers ``ControlNetModel`` (or anything the run's model
+    adapter's ``control_residuals`` accepts); ``scale``: the conditioning
+    scale of its residuals; ``start``/``end``: the fractions of the phase's
+    evaluated steps during which it applies (diffusers'
+    ``control_guidance_start``/``end``: step ``i`` of ``n`` is guided unless
+    ``i / n < start`` or ``(i + 1) / n > end``).
+    """
+
+    images: torch.Tensor = attrs.field(eq=False)
+    model: object = attrs.field(eq=False)
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+
+    def active(self, i: int, n: int) -> bool:
+        """Whether step ``i`` of ``n`` is guided."""
+        return not (i / n < self.start or (i + 1) / n > self.end)
