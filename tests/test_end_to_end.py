@@ -86,7 +86,8 @@ def test_all_stage_combinations(pipes, family, decomposer, guidance, upscaler):
                       global_guidance=guidance, upscaler=upscaler, **FAST)
     assert result.image.size == (64, 64) and torch.isfinite(result.latents).all()
     assert result.record["plugins"] == {"prompt_decomposer": decomposer, "tiler": "sliding_window",
-                                        "global_guidance": guidance, "upscaler": upscaler, "schedule": "paper"}
+                                        "global_guidance": guidance, "upscaler": upscaler, "schedule": "paper",
+                                        "structure_guidance": "none"}
     if decomposer == "identical":
         assert result.attention is None
         assert set(result.phases[1].patch_prompts.prompts) == {PROMPT}
