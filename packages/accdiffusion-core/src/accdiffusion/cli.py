@@ -157,6 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
         if action.option_strings and action.dest in settings_dests or action.dest in ("model", "model_config", "output", "no_pictures",
                                                              "quiet", "option"):
             bat._add_action(action)
+    ui = sub.add_parser("ui", help="serve a web page for generating (needs accdiffusion-core[ui])", formatter_class=fmt,
+                        description="Load the model once and serve a Gradio page: the fields of a run, each "
+                                    "phase's progress and image, the pictures and the record; one generation at a "
+                                    "time, further requests queue. Also an API endpoint named 'generate'.")
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    ui.add_argument("--port", type=int, default=7860, help="port to listen on")
+    ui.add_argument("--model", default=None, help="registered model name, diffusers folder, single-file checkpoint "
+                                                  "or hub id (default: the installed 'shapes' model)")
+    ui.add_argument("--output", "-o", default="outputs", help="output folder; each run writes a subfolder")
+    ui.add_argument("--device", default=None, help="torch device (default: the model's or auto)")
+    ui.add_argument("--dtype", default=None, choices=DTYPES, help="model precision (default: the model's or float32)")
     return parser
 
 
@@ -372,6 +383,26 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 0 if summary["ok"] == summary["lines"] else 3
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    """``accdiffusion ui``: serve the web page until interrupted."""
+    from .errors import SettingsError
+    from .output import check_output_dir
+
+    check_output_dir(args.output)
+    if not 0 < args.port < 65536:
+        raise SettingsError(f"port={args.port} is not allowed: an integer in [1, 65535]")
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise SettingsError("accdiffusion ui needs gradio: pip install 'accdiffusion-core[ui]'") from None
+    with _quiet_libraries(True):
+        from .ui import serve
+
+        serve(host=args.host, port=args.port, model=args.model, output=args.output, device=args.device,
+              dtype=args.dtype)
+    return 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from .plugins import NO_GLOBAL_GUIDANCE, PluginHost
     from .stages import STAGES
@@ -404,6 +435,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_generate(args)
         if args.command == "batch":
             return cmd_batch(args)
+        if args.command == "ui":
+            return cmd_ui(args)
         return cmd_plugins(args)
     except (ResourceError, DistributedError) as exc:
         _close_progress_bars()
