@@ -177,3 +177,29 @@ def test_page_runs_a_prompt_and_shows_phases_pictures_and_record(server, page):
     assert "phase 2/2" not in page.locator("#progress").inner_text()
     assert sorted(_runs(out)) == sorted(before + new)
     assert not [name for name in os.listdir(out) if name.endswith(".partial")]
+
+
+def test_a_closed_page_does_not_leave_the_server_stuck(server, page):
+    from gradio_client import Client
+
+    url, out = server
+    before = _runs(out)
+    page.locator("#prompt textarea").fill("a red circle")
+    page.locator("#scale input").fill("2")
+    page.locator("#steps input").fill("500")
+    page.locator("#generate").click()
+    page.locator("#progress [data-phase='phase 1']").wait_for(timeout=30_000)
+    page.context.close()  # the visitor goes away in the middle of a long run
+    start = time.monotonic()
+    image, record = Client(url, verbose=False).predict("a blue square", 2, 4, 5, api_name="/generate")
+    assert record["seed"] == 5
+    assert time.monotonic() - start < 60
+    assert [r for r in _runs(out) if r not in before] == [Path(record["run_folder"]).name]
+
+
+def test_ui_without_gradio_says_what_to_install(monkeypatch, capsys, tmp_path):
+    from accdiffusion import cli
+
+    monkeypatch.setitem(sys.modules, "gradio", None)
+    assert cli.main(["ui", "--output", str(tmp_path)]) == 2
+    assert "pip install 'accdiffusion-core[ui]'" in capsys.readouterr().err
