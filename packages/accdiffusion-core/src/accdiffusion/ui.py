@@ -478,14 +478,16 @@ def build_app(engine: Engine) -> Any:
         def cancel_run(request: gr.Request) -> str:
             event = cancels.get(request.session_hash or "local")
             if event is None:
-                return "Nothing is running."
+                return "**Cancelled:** nothing of this page was running; a request waiting in the queue leaves it."
             event.set()
-            return "Cancelling at the next step..."
+            return "**Cancelled** between two steps: nothing was written."
 
-        run_button.click(run, inputs={*fields.values(), random_seed}, outputs=outputs, api_visibility="private",
+        run_event = run_button.click(run, inputs={*fields.values(), random_seed}, outputs=outputs, api_visibility="private",
                          concurrency_id="generation", concurrency_limit=1, show_progress="full",
                          show_progress_on=[progress])
-        cancel_button.click(cancel_run, outputs=[status], queue=False, api_visibility="private")
+        # the run's event is stopped too (and a request still in the queue leaves it); the
+        # flag set first makes the worker stop at its next step, so nothing is written
+        cancel_button.click(cancel_run, outputs=[status], queue=False, api_visibility="private", cancels=[run_event])
 
         # the API endpoint for gradio_client: prompt, scale, steps, seed -> final image, record
         with gr.Row(visible=False):
