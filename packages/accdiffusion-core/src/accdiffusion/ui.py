@@ -297,7 +297,7 @@ _CSS = """
 #acc-progress .acc-fill {display:block; height:100%; background:#f97316}
 #acc-progress .acc-phase.done .acc-fill {background:#16a34a}
 #acc-progress .acc-status {margin-top:.4em}
-.acc-error {color:#b91c1c; font-weight:600}
+.acc-error, .acc-error * {color:#b91c1c !important; font-weight:600}
 """
 
 
