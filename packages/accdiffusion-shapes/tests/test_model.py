@@ -58,3 +58,25 @@ def test_plugin_registers_the_model() -> None:
     calls = []
     plugin.accdiffusion_register_models(lambda name, location, **options: calls.append((name, location)))
     assert calls == [("shapes", str(default_model_path()))]
+
+
+def test_controlnet_training_script_makes_a_controlnet_that_fits_the_model(tmp_path):
+    """Two steps of the ControlNet training script; the exported folder loads
+    through the real loading code and passes the check against the shapes model."""
+    from accdiffusion.loading import load_controlnet, load_pipeline
+    from accdiffusion_shapes import default_model_path
+    from accdiffusion_shapes.train_controlnet import control_for, main
+
+    main(["--out", str(tmp_path), "--steps", "2", "--batch-size", "2"])
+    lines = (tmp_path / "loss.csv").read_text().splitlines()
+    assert lines[0] == "step,loss,elapsed_s" and len(lines) == 3
+    pipe = load_pipeline(str(default_model_path()))
+    controlnet = load_controlnet(str(tmp_path / "controlnet"), unet=pipe.unet, vae_scale_factor=pipe.vae_scale_factor)
+    assert controlnet.config.conditioning_embedding_out_channels == [16]
+    # the control image: white edges on black, the scene's size
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (32, 32), "white")
+    ImageDraw.Draw(img).rectangle((8, 8, 23, 23), fill="red")
+    edges = control_for(img)
+    assert edges.shape == (3, 32, 32) and edges.max() == 1.0 and edges[:, 0, 0].sum() == 0

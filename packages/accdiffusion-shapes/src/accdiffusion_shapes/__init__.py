@@ -14,6 +14,11 @@ from accdiffusion_shapes.codec import PixelCodec
 __all__ = ["PixelCodec", "default_model_path"]
 
 
+def default_controlnet_path() -> Path:
+    """Return the folder of the shipped canny ControlNet for the shapes model (structure guidance)."""
+    return Path(__file__).resolve().parent / "controlnet"
+
+
 def default_model_path() -> Path:
     """Return the folder of the shipped ``StableDiffusionPipeline`` (native size 32x32)."""
     return Path(__file__).resolve().parent / "model"

@@ -67,6 +67,9 @@ METHODS: dict[str, Optional[dict[str, str]]] = {
                           "schedule": "fast"},
     "fast-start-0.6": {"prompt_decomposer": "cross_attention", "global_guidance": "window_interaction",
                        "schedule": "fast", "plugin_options": {"fast.start_fraction": "0.6"}},
+    # the full method with structure guidance (AccDiffusion v2's ControlNet on the previous phase's edges)
+    "accdiffusion-controlnet": {"prompt_decomposer": "cross_attention", "global_guidance": "window_interaction",
+                                "structure_guidance": "controlnet"},
     "fast-start-0.8": {"prompt_decomposer": "cross_attention", "global_guidance": "window_interaction",
                        "schedule": "fast", "plugin_options": {"fast.start_fraction": "0.8"}},
 }
@@ -75,6 +78,9 @@ METHODS: dict[str, Optional[dict[str, str]]] = {
 DEFAULT_METHODS = ("direct", "multidiffusion", "demofusion", "patch-prompts", "interaction", "accdiffusion",
                    "accdiffusion-fast")
 
+
+#: The ControlNet of the ``accdiffusion-controlnet`` method (``--controlnet``; default: the shipped one).
+CONTROLNET: Optional[str] = None
 
 #: A copy is a connected component of at least this share of the *native* image
 #: area (about half a small object at native size): smaller specks do not count.
@@ -120,9 +126,14 @@ def run_one(method: str, pipe: Any, prompt: str, factor: int, seed: int, steps: 
                      num_inference_steps=steps, guidance_scale=guidance,
                      generator=torch.Generator().manual_seed(seed)).images[0]
     else:
+        options = dict(METHODS[method])
+        if options.get("structure_guidance") == "controlnet":
+            from accdiffusion_shapes import default_controlnet_path
+
+            options["controlnet"] = str(CONTROLNET or default_controlnet_path())
         result = accdiffusion.generate(prompt, pipeline=pipe, scale=factor, steps=steps, seed=seed,
                                        guidance_scale=guidance, multi_guidance_scale=guidance,
-                                       negative_prompt=negative_prompt, **METHODS[method])
+                                       negative_prompt=negative_prompt, **options)
         image, evaluations = result.image, result.unet_evaluations
     return image, time.perf_counter() - start, evaluations
 
@@ -181,6 +192,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS),
                    help="methods to run")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--controlnet", default=None,
+                   help="ControlNet folder of the accdiffusion-controlnet method (default: the shipped one)")
     p.add_argument("--summarize-only", action="store_true",
                    help="only rebuild the table and grids from the parts already in OUT (after parallel runs)")
     return p.parse_args(argv)
@@ -210,6 +223,8 @@ def summarize_folder(out: Path, command: str) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
+    global CONTROLNET
+    CONTROLNET = args.controlnet
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
