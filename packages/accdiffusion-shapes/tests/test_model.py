@@ -80,3 +80,20 @@ def test_controlnet_training_script_makes_a_controlnet_that_fits_the_model(tmp_p
     ImageDraw.Draw(img).rectangle((8, 8, 23, 23), fill="red")
     edges = control_for(img)
     assert edges.shape == (3, 32, 32) and edges.max() == 1.0 and edges[:, 0, 0].sum() == 0
+
+
+def test_shipped_controlnet_guides_the_shapes_model_end_to_end(tmp_path):
+    """The shipped ControlNet loads, fits the model, and changes a run's local path."""
+    import accdiffusion
+    import torch
+    from accdiffusion_shapes import default_controlnet_path
+
+    common = dict(scale=2, steps=3, seed=0)
+    plain = accdiffusion.generate("a red circle on a white background", **common)
+    guided = accdiffusion.generate("a red circle on a white background", structure_guidance="controlnet",
+                                   controlnet=str(default_controlnet_path()), **common)
+    assert guided.record["structure_guidance"]["name"] == "controlnet"
+    assert plain.latents.shape == guided.latents.shape
+    assert not torch.equal(plain.latents, guided.latents)
+    # phase 1 is not guided: identical attention maps
+    assert torch.equal(plain.attention.maps, guided.attention.maps)
