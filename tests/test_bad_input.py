@@ -264,8 +264,11 @@ def test_api_accepts_a_numpy_image(tiny_sd15_path):
 
 def _interrupt(argv, tmp_path, wait_for: str | None, delay: float = 0.0) -> tuple[int, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # a terminal's Ctrl-C reaches a process whose SIGINT is not ignored; a test run started in the
+    # background of a non-interactive shell inherits SIGINT ignored, so the child gets the default back
     proc = subprocess.Popen([sys.executable, "-m", "accdiffusion", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+                            stderr=subprocess.PIPE, env=env, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     chunks: list[bytes] = []
     seen = threading.Event()
 
