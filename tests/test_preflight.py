@@ -95,3 +95,16 @@ def test_sampler_takes_settings_only(tiny_sd15_pipeline):
     sampler = Sampler.from_pipeline(tiny_sd15_pipeline, Settings(prompt="a cat"))
     with pytest.raises(SettingsError, match="settings=dict is not allowed"):
         sampler({"prompt": "a cat"})
+
+
+def test_a_controlnet_counts_in_the_memory_estimate(tiny_sd15_path, tmp_path):
+    from accdiffusion.api import estimate_run
+    from accdiffusion_shapes import default_controlnet_path, default_model_path
+
+    model = str(default_model_path())
+    plain = estimate_run("a red circle", model=model, scale=2, steps=2)
+    guided = estimate_run("a red circle", model=model, scale=2, steps=2, structure_guidance="controlnet",
+                          controlnet=str(default_controlnet_path()))
+    size = (default_controlnet_path() / "diffusion_pytorch_model.safetensors").stat().st_size
+    assert guided.memory["weights"] - plain.memory["weights"] == size
+    assert guided.unet_evaluations == plain.unet_evaluations

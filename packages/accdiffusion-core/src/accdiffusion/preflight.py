@@ -4,8 +4,9 @@
 schedule stage's answer and counts, per phase, the windows, dilated samples,
 timesteps and UNet evaluations (exactly what the sampler will do with the
 ``sliding_window`` tiler and a dilated global path), and estimates the peak
-memory of the run on its device: weights, latents, decoded image, and the
-activations of the largest UNet batch and of the VAE decode. The memory
+memory of the run on its device: weights (a structure guidance's local
+ControlNet folder included), latents, decoded image, and the activations of
+the largest UNet batch and of the VAE decode. The memory
 figures are **estimates** (a few live activation tensors per block, counted
 from the model's configs), meant to refuse the hopeless runs up front, not
 to predict the allocator to the byte.
@@ -195,6 +196,9 @@ def estimate(settings: Settings, plan: Plan, schedules: Sequence[PhaseSchedule],
     unet_width = int((unet_cfg.get("block_out_channels") or [320])[0])
     vae_width = int((vae_cfg.get("block_out_channels") or [128])[0])
     weights = _weights_bytes(path, settings.dtype)
+    controlnet = getattr(settings, "controlnet", None)
+    if getattr(settings, "structure_guidance", "none") != "none" and controlnet and Path(controlnet).is_dir():
+        weights += _weights_bytes(Path(controlnet), settings.dtype)  # a ControlNet is about half a UNet more
     if settings.offload == "model":
         weights = weights // 2  # one component at a time; the UNet is the larger half or more
     elif settings.offload == "sequential":
