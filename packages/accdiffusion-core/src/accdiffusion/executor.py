@@ -173,7 +173,7 @@ class ViewExecutor:
                 self._cache[key] = (cond, crops)
         if any(cfg):
             unc_x = [x[a:b] for a, b, c in self._offsets(segments, cfg) if c]
-            x = torch.cat(unc_x + [x]) if len(unc_x) > 1 or len(unc_x[0]) != len(x) else torch.cat([x, x])
+            x = torch.cat(unc_x + [x])  # unconditional rows of the CFG views first, then every view
         self.evaluations += int(x.shape[0])
         if any(g.control is not None for g, _, _ in segments):
             down, mid = self._control_residuals(x, timestep, cond, crops, segments, cfg)

@@ -221,6 +221,12 @@ class LocalViews:
 _layout_keys = itertools.count(1)
 
 
+def _check_settings(settings: Any) -> None:
+    if not isinstance(settings, Settings):
+        raise SettingsError(f"settings={type(settings).__name__} is not allowed: an accdiffusion.Settings "
+                            "(for example Settings(prompt=..., **options))")
+
+
 class Sampler:
     """Runs AccDiffusion with five stage objects on one model adapter.
 
@@ -266,9 +272,7 @@ class Sampler:
                       executor: Optional[Callable[..., ViewExecutor]] = None, **stages: Any) -> "Sampler":
         """Adapter and stages for ``pipeline``: each stage is the object given in
         ``stages`` or the plugin named in ``settings``."""
-        if not isinstance(settings, Settings):
-            raise SettingsError(f"settings={type(settings).__name__} is not allowed: an accdiffusion.Settings "
-                                "(for example Settings(prompt=..., **options))")
+        _check_settings(settings)
         unknown = set(stages) - set(STAGES)
         if unknown:
             raise PluginError(f"unknown stage(s) {sorted(unknown)}; stages are {', '.join(STAGES)}")
@@ -285,15 +289,15 @@ class Sampler:
     def __call__(self, settings: Settings, *, image: Optional[Image.Image] = None,
                  progress: Optional[ProgressFactory] = None) -> Result:
         """Generate (or, with ``image``, upscale) according to ``settings``."""
-        if not isinstance(settings, Settings):
-            raise SettingsError(f"settings={type(settings).__name__} is not allowed: an accdiffusion.Settings "
-                                "(for example Settings(prompt=..., **options))")
+        _check_settings(settings)
         with torch.inference_mode():
             return self._run(settings, image, progress or (lambda desc, total: _NoProgress()))
 
-    def plan_schedule(self, settings: Settings, plan: Plan) -> tuple[PhaseSchedule, ...]:
-        """The schedule stage's answer for ``plan``'s upscaling phases, checked."""
-        base = make_scheduler(settings.scheduler, self.adapter.pipeline.scheduler)
+    def plan_schedule(self, settings: Settings, plan: Plan,
+                      base_scheduler: Any = None) -> tuple[PhaseSchedule, ...]:
+        """The schedule stage's answer for ``plan``'s upscaling phases, checked
+        (``base_scheduler``: the run's scheduler, built from the settings when not given)."""
+        base = base_scheduler or make_scheduler(settings.scheduler, self.adapter.pipeline.scheduler)
         request = schedule_request(settings, plan, base)
         source = f"schedule {self.stage_names.get('schedule', type(self.schedule).__name__)!r}"
         return validate_schedule(self.schedule.plan(request), request, source)
@@ -305,14 +309,14 @@ class Sampler:
             raise SettingsError("local_path=False with global_guidance='none' leaves nothing to sample: "
                                 "keep the local path or choose a global guidance")
         plan = plan_sizes(settings, a.native_size, a.vae_scale_factor)
-        schedules = self.plan_schedule(settings, plan)
+        base = make_scheduler(settings.scheduler, a.pipeline.scheduler)
+        schedules = self.plan_schedule(settings, plan, base)
         preflight.check(preflight.estimate(settings, plan, schedules, device=str(a.device),
                                            latent_channels=a.latent_channels, local=settings.local_path,
                                            global_path=self.global_guidance is not None), settings)
         if self.structure_guidance is not None:
             self.structure_guidance.prepare(a)  # load and check its models before any UNet work
         seed = settings.seed if settings.seed is not None else int.from_bytes(os.urandom(7), "big")
-        base = make_scheduler(settings.scheduler, a.pipeline.scheduler)
         cond = a.encode_prompts([settings.prompt])
         uncond = a.encode_negative(settings.prompt, settings.negative_prompt)
         executor = self.executor_factory(a, uncond, (plan.height, plan.width), settings.view_batch_size,
