@@ -190,6 +190,17 @@ def caption(scene: Scene, rng: np.random.Generator | None = None) -> str:
     return " and ".join(phrases) + f" on {_article(scene.background)} {scene.background} background"
 
 
+def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, size: int, supersample: int, fill) -> None:
+    """Draw ``obj`` of an image of side ``size`` on a canvas ``supersample`` times larger."""
+    x0, y0, x1, y1 = (v * supersample for v in obj.bbox(size))
+    if obj.shape == "circle":
+        draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=fill)
+    elif obj.shape == "square":
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=fill)
+    else:
+        draw.polygon([((x0 + x1 - 1) / 2, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)], fill=fill)
+
+
 def render(scene: Scene, size: int = NATIVE_SIZE, supersample: int = 1) -> Image.Image:
     """Render a scene as an RGB image.
 
@@ -206,17 +217,27 @@ def render(scene: Scene, size: int = NATIVE_SIZE, supersample: int = 1) -> Image
     image = Image.new("RGB", (canvas, canvas), BACKGROUND_COLORS[scene.background])
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:
-        x0, y0, x1, y1 = (v * supersample for v in obj.bbox(size))
-        fill = OBJECT_COLORS[obj.color]
-        if obj.shape == "circle":
-            draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=fill)
-        elif obj.shape == "square":
-            draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=fill)
-        else:
-            draw.polygon([((x0 + x1 - 1) / 2, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)], fill=fill)
+        _draw_object(draw, obj, size, supersample, OBJECT_COLORS[obj.color])
     if supersample > 1:
         image = image.resize((size, size), Image.Resampling.BOX)
     return image
+
+
+def coverage(obj: SceneObject, size: int = NATIVE_SIZE, supersample: int = 1) -> np.ndarray:
+    """Share of each pixel that ``obj`` covers in a render of side ``size``.
+
+    The object is drawn exactly as :func:`render` draws it, so a pixel of the
+    render differs from the background exactly where the coverage is above 0.
+
+    Returns:
+        A ``(size, size)`` float array in ``[0, 1]``.
+    """
+    canvas = size * supersample
+    mask = Image.new("L", (canvas, canvas), 0)
+    _draw_object(ImageDraw.Draw(mask), obj, size, supersample, 255)
+    if supersample > 1:
+        mask = mask.resize((size, size), Image.Resampling.BOX)
+    return np.asarray(mask, dtype=np.float64) / 255.0
 
 
 def sample(
@@ -228,3 +249,153 @@ def sample(
     """Draw a random scene and return its rendering, a caption and the scene itself."""
     scene = random_scene(rng, count_probs=count_probs)
     return render(scene, size=size, supersample=supersample), caption(scene, rng), scene
+
+
+CROP_SCENE_SIZES: tuple[int, int] = (2 * NATIVE_SIZE, 4 * NATIVE_SIZE)
+"""Smallest and largest side (pixels, inclusive) of the scenes that crops are cut from."""
+
+CROP_MIN_VISIBLE = 0.05
+"""An object is named in a crop's caption when its visible area is at least this
+share of the crop's area (at 32 px: 51.2 pixels, e.g. a 7x7 corner or a strip
+two pixels deep along a whole side).  Objects with a visible area above 0 and
+below this are *slivers*: :func:`sample_crop` never returns a crop with one."""
+
+CROP_COUNT_PROBS: tuple[float, ...] = (0.1, 0.3, 0.3, 0.3)
+"""Probabilities of 0-3 objects in the scenes that crops are cut from: more
+objects than whole scenes, since a native-size crop of a 2x-4x scene misses
+most of them."""
+
+
+@dataclass(frozen=True)
+class Crop:
+    """A native-size window of a scene rendered larger, with what it shows.
+
+    Attributes:
+        scene: The whole scene.
+        scene_size: Side in pixels of the render the crop is cut from.
+        x: Left edge of the crop in the render, in pixels.
+        y: Top edge of the crop in the render, in pixels.
+        size: Side of the crop in pixels.
+        named: The objects with enough of them visible to be named, in
+            caption order (left to right by their visible part).
+        visible: Visible area of each object of ``scene.objects`` (same
+            order) as a share of the crop's area (anti-aliased coverage).
+    """
+
+    scene: Scene
+    scene_size: int
+    x: int
+    y: int
+    size: int
+    named: tuple[SceneObject, ...]
+    visible: tuple[float, ...]
+
+
+def crop_scene(
+    scene: Scene,
+    scene_size: int,
+    x: int,
+    y: int,
+    size: int = NATIVE_SIZE,
+    supersample: int = 1,
+    min_visible: float = CROP_MIN_VISIBLE,
+    masks: list[np.ndarray] | None = None,
+) -> Crop | None:
+    """The window of a render of ``scene`` at ``(x, y)``, or ``None`` when it shows a sliver.
+
+    Args:
+        scene: The scene.
+        scene_size: Side of the render the crop is cut from.
+        x: Left edge of the crop.
+        y: Top edge of the crop.
+        size: Side of the crop.
+        supersample: Anti-aliasing factor of the render.
+        min_visible: Visible share of the crop's area for an object to be named.
+        masks: The objects' :func:`coverage` at ``scene_size`` (computed when
+            not given).
+
+    Returns:
+        The :class:`Crop`, whose named objects are those covering at least
+        ``min_visible`` of it, or ``None`` when an object covers more than
+        nothing and less than that.
+    """
+    if not (0 <= x <= scene_size - size and 0 <= y <= scene_size - size):
+        raise ValueError(f"crop {size} at ({x}, {y}) leaves the render of side {scene_size}")
+    if masks is None:
+        masks = [coverage(obj, scene_size, supersample) for obj in scene.objects]
+    windows = [mask[y : y + size, x : x + size] for mask in masks]
+    visible = tuple(float(window.sum()) / (size * size) for window in windows)
+    if any(0.0 < share < min_visible for share in visible):
+        return None
+    lefts = [int(np.flatnonzero(window.max(axis=0) > 0)[0]) if share else size for window, share in zip(windows, visible)]
+    order = sorted((left, index) for index, (left, share) in enumerate(zip(lefts, visible)) if share)
+    return Crop(scene, scene_size, x, y, size, tuple(scene.objects[index] for _, index in order), visible)
+
+
+def render_crop(crop: Crop, supersample: int = 1) -> Image.Image:
+    """The pixels of ``crop``: its window of the scene rendered at ``crop.scene_size``."""
+    image = render(crop.scene, size=crop.scene_size, supersample=supersample)
+    return image.crop((crop.x, crop.y, crop.x + crop.size, crop.y + crop.size))
+
+
+def crop_caption(crop: Crop, rng: np.random.Generator | None = None) -> str:
+    """Describe a crop: its named objects by colour and shape, and always the background.
+
+    Sizes are left out: "small" and "large" refer to the whole image, which a
+    crop does not show.  An object cut by the crop's edge keeps the word of the
+    shape it belongs to (an arc of a circle is "a red circle").  With ``rng``
+    an empty crop is ``"a <colour> background"`` or ``"an empty <colour>
+    background"`` (one coin flip), as for whole scenes.
+    """
+    background = crop.scene.background
+    if not crop.named:
+        if rng is not None and rng.random() < 0.5:
+            return f"an empty {background} background"
+        return f"{_article(background)} {background} background"
+    phrases = [obj.phrase(with_size=False) for obj in crop.named]
+    return " and ".join(phrases) + f" on {_article(background)} {background} background"
+
+
+def sample_crop(
+    rng: np.random.Generator,
+    size: int = NATIVE_SIZE,
+    supersample: int = 1,
+    scene_sizes: tuple[int, int] = CROP_SCENE_SIZES,
+    min_visible: float = CROP_MIN_VISIBLE,
+    count_probs: tuple[float, ...] = CROP_COUNT_PROBS,
+    tries: int = 20,
+) -> tuple[Image.Image, str, Crop]:
+    """Draw a random crop of a random scene rendered larger, with its caption.
+
+    A scene is drawn, rendered at a side drawn uniformly from ``scene_sizes``
+    (inclusive), and a ``size`` x ``size`` window at a uniform position is cut
+    out.  Each object is named when at least ``min_visible`` of the crop's area
+    shows it, and absent when none of it is visible; a window showing a sliver
+    (more than nothing, less than ``min_visible``) is rejected and another
+    position drawn (after ``tries`` rejections, another scene), so no crop
+    holds coloured pixels that its caption does not name.
+
+    Args:
+        rng: Source of randomness; the crop is a pure function of its state.
+        size: Side of the crop (the model's native side).
+        supersample: Anti-aliasing factor of the render.
+        scene_sizes: Range of the render's side.
+        min_visible: Visible share of the crop's area for an object to be named.
+        count_probs: Probabilities of 0-3 objects in the scene.
+        tries: Window positions tried per scene.
+
+    Returns:
+        The crop as an RGB image, its caption and the :class:`Crop`.
+    """
+    low, high = scene_sizes
+    if low < size:
+        raise ValueError(f"scenes of side {low} are smaller than the crop ({size})")
+    while True:
+        scene = random_scene(rng, count_probs=count_probs)
+        scene_size = int(rng.integers(low, high + 1))
+        masks = [coverage(obj, scene_size, supersample) for obj in scene.objects]
+        for _ in range(tries):
+            x, y = (int(v) for v in rng.integers(0, scene_size - size + 1, size=2))
+            crop = crop_scene(scene, scene_size, x, y, size, supersample, min_visible, masks)
+            if crop is not None:
+                return render_crop(crop, supersample), crop_caption(crop, rng), crop
