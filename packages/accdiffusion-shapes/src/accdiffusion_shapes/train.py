@@ -10,7 +10,26 @@ objective (with offset noise, a per-channel constant added to the noise,
 which lets the model produce the pure white and black backgrounds that the
 non-zero terminal SNR of the noise schedule would otherwise pull towards grey);
 captions are dropped to ``""`` with probability ``--drop-prob`` so the
-model supports classifier-free guidance.  The run directory receives
+model supports classifier-free guidance.
+
+Each training image is, with probability ``--crop-fraction`` (default 0.5), a
+native-size crop of a scene rendered at 2x-4x (:func:`world.sample_crop`:
+objects cut by the crop keep their shape word, barely visible ones never
+occur), and otherwise a whole scene at native size, so the model learns to
+draw part of an object, which is what the windows of a high-resolution
+generation see.  ``--init-from`` starts from the weights of an existing
+pipeline folder (fine-tuning, e.g. from the shipped model) instead of a
+random initialisation.
+
+Every option that changes the result is the run's *configuration*
+(:func:`training_config`): it is stored in every checkpoint and in
+``training.json`` of the run and of the exported model, and ``--resume``
+refuses a checkpoint of another configuration (exit code 2, naming each
+differing option with both values; nothing is written).  ``--steps``,
+``--threads``, ``--out``, ``--checkpoint-every`` and ``--sample-every`` are
+not part of it.
+
+The run directory receives
 ``loss.csv``, resumable checkpoints (``checkpoint.pt``), sample grids
 (``samples/step_XXXXXX.png``) and finally the pipeline folder ``model/``.
 Building the tokenizer needs :mod:`accdiffusion_testing`; the exported folder
@@ -22,10 +41,14 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import hashlib
+import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,7 +96,11 @@ def build_text_encoder(tokenizer: CLIPTokenizer, hidden_size: int = 64, layers: 
     return CLIPTextModel(config)
 
 
-def build_unet(sample_size: int = world.NATIVE_SIZE, cross_attention_dim: int = 64) -> UNet2DConditionModel:
+def build_unet(
+    sample_size: int = world.NATIVE_SIZE,
+    cross_attention_dim: int = 64,
+    block_out_channels: tuple[int, ...] = (32, 64, 96),
+) -> UNet2DConditionModel:
     """Create the pixel-space UNet.
 
     Blocks run at sides ``s``, ``s/2`` and ``s/4``; cross-attention sits in the
@@ -84,7 +111,7 @@ def build_unet(sample_size: int = world.NATIVE_SIZE, cross_attention_dim: int = 
         sample_size=sample_size,
         in_channels=3,
         out_channels=3,
-        block_out_channels=(32, 64, 96),
+        block_out_channels=tuple(block_out_channels),
         down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
         layers_per_block=1,
@@ -124,15 +151,30 @@ def make_pipeline(
 
 
 def make_batch(
-    rng: np.random.Generator, batch_size: int, drop_prob: float, supersample: int
+    rng: np.random.Generator,
+    batch_size: int,
+    drop_prob: float,
+    supersample: int,
+    crop_fraction: float = 0.0,
+    crop_scene_sizes: tuple[int, int] = world.CROP_SCENE_SIZES,
+    crop_min_visible: float = world.CROP_MIN_VISIBLE,
 ) -> tuple[torch.Tensor, list[str]]:
-    """Render ``batch_size`` random scenes as a tensor in ``[-1, 1]`` with their captions.
+    """Render ``batch_size`` training images as a tensor in ``[-1, 1]`` with their captions.
 
-    Each caption is replaced by ``""`` with probability ``drop_prob``.
+    Each image is a native-size crop of a larger scene (:func:`world.sample_crop`)
+    with probability ``crop_fraction`` and a whole scene otherwise; with
+    ``crop_fraction`` 0 no coin is drawn, so the data are exactly those of
+    the first edition.  Each caption is replaced by ``""`` with probability
+    ``drop_prob``.
     """
     images, captions = [], []
     for _ in range(batch_size):
-        image, text, _scene = world.sample(rng, supersample=supersample)
+        if crop_fraction > 0 and rng.random() < crop_fraction:
+            image, text, _crop = world.sample_crop(
+                rng, supersample=supersample, scene_sizes=crop_scene_sizes, min_visible=crop_min_visible
+            )
+        else:
+            image, text, _scene = world.sample(rng, supersample=supersample)
         images.append(np.asarray(image, dtype=np.float32))
         captions.append("" if rng.random() < drop_prob else text)
     pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) / 127.5 - 1.0
@@ -221,6 +263,99 @@ def plot_loss_curve(csv_path: Path, png_path: Path, window: int = 50) -> None:
     image.save(png_path)
 
 
+CONFIG_OPTIONS: tuple[str, ...] = (
+    "batch_size",
+    "lr",
+    "warmup",
+    "weight_decay",
+    "ema_decay",
+    "offset_noise",
+    "drop_prob",
+    "supersample",
+    "seed",
+    "crop_fraction",
+    "crop_scene_sizes",
+    "crop_min_visible",
+    "unet_channels",
+    "text_width",
+    "text_layers",
+)
+"""Options (argparse names) that are part of the training configuration; see :func:`training_config`."""
+
+
+class ConfigMismatch(Exception):
+    """A checkpoint was written by a run of another configuration."""
+
+
+def file_digest(paths: list[Path]) -> str:
+    """SHA-256 (hex) of the concatenated contents of ``paths``."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def init_weight_files(folder: Path) -> list[Path]:
+    """The UNet and text-encoder weight files of the pipeline folder ``folder``."""
+    files = [folder / "unet" / "diffusion_pytorch_model.safetensors", folder / "text_encoder" / "model.safetensors"]
+    missing = [str(path) for path in files if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"--init-from {folder}: not a shapes pipeline folder (missing {', '.join(missing)})")
+    return files
+
+
+def training_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of ``args`` that change the trained weights, as a JSON-friendly dict.
+
+    Model sizes are those of ``--init-from``'s folder when it is given (its
+    configs are read), and the initial weights are identified by their path
+    and the SHA-256 of their files, so a resumed run must start from the
+    same weights.
+    """
+    config: dict[str, Any] = {}
+    for name in CONFIG_OPTIONS:
+        value = getattr(args, name)
+        config[name] = list(value) if isinstance(value, (list, tuple)) else value
+    config["init_from"] = None
+    config["init_from_sha256"] = None
+    if args.init_from is not None:
+        folder = Path(args.init_from).resolve()
+        files = init_weight_files(folder)
+        unet_config = json.loads((folder / "unet" / "config.json").read_text())
+        text_config = json.loads((folder / "text_encoder" / "config.json").read_text())
+        config["unet_channels"] = list(unet_config["block_out_channels"])
+        config["text_width"] = text_config["hidden_size"]
+        config["text_layers"] = text_config["num_hidden_layers"]
+        config["init_from"] = str(folder)
+        config["init_from_sha256"] = file_digest(files)
+    return config
+
+
+def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """One line per option whose value differs, ``"name: checkpoint X, this run Y"``, sorted by name."""
+    lines = []
+    for name in sorted(set(stored) | set(current)):
+        before, now = stored.get(name, "(not set)"), current.get(name, "(not set)")
+        if before != now:
+            lines.append(f"{name}: checkpoint {json.dumps(before)}, this run {json.dumps(now)}")
+    return lines
+
+
+def check_resume_config(state: dict[str, Any], config: dict[str, Any], path: Path) -> None:
+    """Raise :class:`ConfigMismatch` unless checkpoint ``state`` was written with ``config``."""
+    stored = state.get("config")
+    if stored is None:
+        raise ConfigMismatch(f"cannot resume from {path}: the checkpoint stores no training configuration")
+    differences = config_differences(stored, config)
+    if differences:
+        raise ConfigMismatch(
+            f"cannot resume from {path}: it was written with another training configuration:\n  "
+            + "\n  ".join(differences)
+        )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse command-line arguments."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -239,11 +374,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--drop-prob", type=float, default=0.1, help="probability of an empty caption")
     parser.add_argument("--supersample", type=int, default=2, help="anti-aliasing factor of the renders")
+    parser.add_argument(
+        "--crop-fraction",
+        type=float,
+        default=0.5,
+        help="share of training images that are native-size crops of scenes rendered at 2x-4x (0: whole scenes only)",
+    )
+    parser.add_argument(
+        "--crop-scene-sizes",
+        type=int,
+        nargs=2,
+        default=list(world.CROP_SCENE_SIZES),
+        metavar=("MIN", "MAX"),
+        help="range of the side (pixels) of the scenes crops are cut from",
+    )
+    parser.add_argument(
+        "--crop-min-visible",
+        type=float,
+        default=world.CROP_MIN_VISIBLE,
+        help="visible share of a crop's area for an object to be named (less but not nothing: the crop is redrawn)",
+    )
+    parser.add_argument("--unet-channels", type=int, nargs="+", default=[32, 64, 96], help="UNet block widths")
+    parser.add_argument("--text-width", type=int, default=64, help="text encoder width (= cross-attention dim)")
+    parser.add_argument("--text-layers", type=int, default=3, help="text encoder layers")
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="pipeline folder whose UNet and text encoder weights start the run (e.g. the shipped model); "
+        "its model sizes replace --unet-channels/--text-width/--text-layers",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--checkpoint-every", type=int, default=200)
     parser.add_argument("--sample-every", type=int, default=500, help="0 disables sample grids")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/checkpoint.pt (refused when it was written with another configuration)",
+    )
     return parser.parse_args(argv)
 
 
@@ -255,24 +424,37 @@ def train(args: argparse.Namespace) -> Path:
     """
     torch.set_num_threads(args.threads)
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out / "checkpoint.pt"
+    config = training_config(args)
+    state = None
+    if args.resume and checkpoint_path.exists():
+        # Check before writing anything, so a refused resume leaves the run untouched.
+        state = torch.load(checkpoint_path, weights_only=False)
+        check_resume_config(state, config, checkpoint_path)
+    out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     tokenizer = build_tokenizer(out / "tokenizer")
-    unet = build_unet()
-    text_encoder = build_text_encoder(tokenizer)
+    if config["init_from"] is not None:
+        init = Path(config["init_from"])
+        if CLIPTokenizer.from_pretrained(init / "tokenizer").get_vocab() != tokenizer.get_vocab():
+            raise ValueError(f"--init-from {init}: its tokenizer differs from the shapes world's")
+        unet = UNet2DConditionModel.from_pretrained(init / "unet")
+        text_encoder = CLIPTextModel.from_pretrained(init / "text_encoder")
+    else:
+        unet = build_unet(cross_attention_dim=args.text_width, block_out_channels=tuple(args.unet_channels))
+        text_encoder = build_text_encoder(tokenizer, hidden_size=args.text_width, layers=args.text_layers)
     ema_unet = copy.deepcopy(unet).requires_grad_(False)
     ema_text_encoder = copy.deepcopy(text_encoder).requires_grad_(False)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     alphas_cumprod = build_scheduler().alphas_cumprod.float()
     encode = CaptionEncoder(tokenizer)
+    (out / "training.json").write_text(json.dumps(config, indent=2) + "\n")
 
     step, elapsed = 0, 0.0
-    if args.resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, weights_only=False)
+    if state is not None:
         unet.load_state_dict(state["unet"])
         text_encoder.load_state_dict(state["text_encoder"])
         ema_unet.load_state_dict(state["ema_unet"])
@@ -281,6 +463,7 @@ def train(args: argparse.Namespace) -> Path:
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         step, elapsed = state["step"], state["elapsed"]
+        state = None
         print(f"resumed at step {step}", flush=True)
 
     def save_checkpoint() -> None:
@@ -295,6 +478,7 @@ def train(args: argparse.Namespace) -> Path:
             "torch_rng": torch.get_rng_state(),
             "step": step,
             "elapsed": elapsed,
+            "config": config,
         }
         torch.save(state, checkpoint_path.with_suffix(".tmp"))
         os.replace(checkpoint_path.with_suffix(".tmp"), checkpoint_path)
@@ -318,7 +502,15 @@ def train(args: argparse.Namespace) -> Path:
             lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            pixels, captions = make_batch(rng, args.batch_size, args.drop_prob, args.supersample)
+            pixels, captions = make_batch(
+                rng,
+                args.batch_size,
+                args.drop_prob,
+                args.supersample,
+                args.crop_fraction,
+                tuple(args.crop_scene_sizes),
+                args.crop_min_visible,
+            )
             noise = torch.randn_like(pixels)
             noise += args.offset_noise * torch.randn(len(pixels), pixels.shape[1], 1, 1)
             timesteps = torch.randint(0, len(alphas_cumprod), (len(pixels),))
@@ -354,14 +546,19 @@ def train(args: argparse.Namespace) -> Path:
     for source in (out / "tokenizer").iterdir():
         if not (export / "tokenizer" / source.name).exists():
             shutil.copy2(source, export / "tokenizer" / source.name)
+    (export / "training.json").write_text(json.dumps(config, indent=2) + "\n")
     plot_loss_curve(log_path, out / "loss.png")
     print(f"exported {export} at step {step}", flush=True)
     return export
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point."""
-    train(parse_args(argv))
+    """Command-line entry point; a refused ``--resume`` exits with status 2."""
+    try:
+        train(parse_args(argv))
+    except ConfigMismatch as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
