@@ -15,13 +15,22 @@ At native size the model is prompted with
 
 The detector itself is scored on clean renders of random scenes at several
 sizes (exact multiset of shape, colour and size).
+
+``--prompt TEXT`` (repeatable) scores more prompts written in the caption
+grammar (:func:`world.parse_prompt`): a sample is exact when the detector
+finds the named objects (colour and shape, and the size where named) and
+nothing else.  A prompt with a word outside :data:`world.VOCABULARY` (or
+outside the grammar) is refused before the model is loaded: the error names
+the word and the exit code is 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +39,7 @@ from diffusers import DiffusionPipeline
 
 import accdiffusion_shapes
 from accdiffusion_shapes import world
-from accdiffusion_shapes.detector import detect
+from accdiffusion_shapes.detector import detect, estimate_background
 
 
 def object_prompts() -> list[tuple[str, str, str]]:
@@ -77,6 +86,26 @@ def generate(
     return images
 
 
+def matches_prompt(image: np.ndarray, background: str | None, objects: tuple[world.PromptObject, ...]) -> dict:
+    """Score one image against a parsed prompt.
+
+    Returns:
+        ``exact``: the detected objects are the named ones (colour and shape,
+        and size where the prompt names one) and nothing else;
+        ``background``: the border's median is nearest to the named
+        background colour (true when the prompt names none); ``objects``:
+        how many objects were detected.
+    """
+    found = detect(image)
+    exact = Counter((d.color, d.shape) for d in found) == Counter((o.color, o.shape) for o in objects)
+    sized = Counter((o.color, o.shape, o.size) for o in objects if o.size)
+    detected = Counter((d.color, d.shape, d.size) for d in found)
+    exact = exact and all(detected[key] >= count for key, count in sized.items())
+    median = estimate_background(np.asarray(image, dtype=np.float64))
+    nearest = min(world.BACKGROUND_COLORS, key=lambda name: np.abs(median - world.BACKGROUND_COLORS[name]).max())
+    return {"exact": exact, "background": background is None or nearest == background, "objects": len(found)}
+
+
 def detector_accuracy(scenes: int, sizes: tuple[int, ...], seed: int) -> dict[str, float]:
     """Share of clean renders (anti-aliased, supersample 2) on which :func:`detect` is exact, per size."""
     rng = np.random.default_rng(seed)
@@ -100,9 +129,16 @@ def evaluate(
     seed: int = 0,
     batch_size: int = 48,
     detector_scenes: int = 500,
+    prompts: tuple[str, ...] = (),
 ) -> dict[str, object]:
-    """Score ``model`` (a pipeline folder) and the detector; see the module docstring."""
+    """Score ``model`` (a pipeline folder) and the detector; see the module docstring.
+
+    Raises:
+        world.PromptError: One of ``prompts`` has a word outside the vocabulary
+            or the grammar (checked before the model is loaded).
+    """
     started = time.perf_counter()
+    parsed = [world.parse_prompt(prompt) for prompt in prompts]
     pipe = DiffusionPipeline.from_pretrained(str(model))
     pipe.set_progress_bar_config(disable=True)
 
@@ -121,6 +157,20 @@ def evaluate(
     empty_images = generate(pipe, empty_prompts, samples * 4, steps, guidance, seed + 1, batch_size)
     empty_ok = sum(not detect(image) for image in empty_images)
 
+    custom = []
+    if prompts:
+        custom_images = generate(pipe, list(prompts), samples, steps, guidance, seed + 2, batch_size)
+        for index, (prompt, (background, objects)) in enumerate(zip(prompts, parsed)):
+            scores = [matches_prompt(image, background, objects)
+                      for image in custom_images[index * samples : (index + 1) * samples]]
+            custom.append({
+                "prompt": prompt,
+                "images": samples,
+                "exact": sum(s["exact"] for s in scores) / samples,
+                "background": sum(s["background"] for s in scores) / samples,
+                "objects_per_image": sum(s["objects"] for s in scores) / samples,
+            })
+
     total = len(images)
     return {
         "model": str(model),
@@ -136,6 +186,7 @@ def evaluate(
             "color_found": color_ok / total,
         },
         "background_prompts": {"images": len(empty_images), "no_object": empty_ok / len(empty_images)},
+        **({"prompts": custom} if prompts else {}),
         "detector_on_clean_renders": detector_accuracy(detector_scenes, (32, 64, 128), seed),
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -153,12 +204,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--detector-scenes", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument(
+        "--prompt",
+        action="append",
+        default=[],
+        help="also score this prompt (repeatable; words of world.VOCABULARY in the caption grammar)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point: print the results as JSON."""
+    """Command-line entry point: print the results as JSON; a prompt outside the vocabulary exits with 2."""
     args = parse_args(argv)
+    for prompt in args.prompt:
+        try:
+            world.parse_prompt(prompt)
+        except world.PromptError as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
     torch.set_num_threads(args.threads)
     result = evaluate(
         args.model,
@@ -168,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         batch_size=args.batch_size,
         detector_scenes=args.detector_scenes,
+        prompts=tuple(args.prompt),
     )
     text = json.dumps(result, indent=2)
     print(text)

@@ -21,6 +21,12 @@ and ``repetition-<factor>x.png`` (grids: one row per method). Runs for
 different factors or methods can go in parallel into one folder; the last to
 finish (or ``--summarize-only``) writes the merged table.
 
+``--prompt TEXT`` (repeatable) replaces the fixed prompt set; its named
+objects are read from the caption grammar (:func:`world.parse_prompt`). A
+prompt or negative prompt with a word outside :data:`world.VOCABULARY` is
+refused before the model is loaded: the error names the word and the exit
+code is 2.
+
 Usage::
 
     python -m accdiffusion_shapes.repetition --out docs/repetition [--factors 3 4] [--seeds 0 1] [--steps 20]
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -42,7 +49,7 @@ from PIL import Image, ImageFilter
 
 from accdiffusion.loading import load_pipeline
 from accdiffusion.viz import grid
-from accdiffusion_shapes import default_model_path
+from accdiffusion_shapes import default_model_path, world
 from accdiffusion_shapes.detector import detect
 
 #: ``(prompt, named objects as (colour, shape) -> count)``.
@@ -101,7 +108,9 @@ def count_named(image: Any, named: dict[tuple[str, str], int], native: int) -> d
     found = detect(filtered, reference_size=native, min_area_fraction=MIN_COPY_AREA)
     by_color = Counter(o.color for o in found)
     by_object = Counter((o.color, o.shape) for o in found)
-    colors = {c: n for (c, _), n in named.items()}
+    colors: Counter = Counter()
+    for (c, _), n in named.items():
+        colors[c] += n
     return {
         "named": sum(by_color.get(c, 0) for c in colors),
         "shape_matched": sum(by_object.get(k, 0) for k in named),
@@ -189,6 +198,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--negative-prompt", default="", help="negative prompt of every method (the model was trained "
                    "with empty captions for guidance; words outside its vocabulary mean nothing to it)")
     p.add_argument("--prompts", type=int, default=len(PROMPTS), help="use the first N prompts of the set")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt of your own in place of the set "
+                   "(repeatable; words of the shapes world's vocabulary in the caption grammar)")
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS),
                    help="methods to run")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -197,6 +208,28 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--summarize-only", action="store_true",
                    help="only rebuild the table and grids from the parts already in OUT (after parallel runs)")
     return p.parse_args(argv)
+
+
+def prompt_set(args: argparse.Namespace) -> tuple[tuple[str, dict[tuple[str, str], int]], ...]:
+    """The run's prompts with their named objects, after checking every prompt's words.
+
+    Raises:
+        world.PromptError: A prompt or the negative prompt has a word outside
+            the vocabulary, or a ``--prompt`` is outside the caption grammar.
+    """
+    if args.negative_prompt:
+        world.check_vocabulary(args.negative_prompt, "negative prompt")
+    if not args.prompt:
+        for prompt, _ in PROMPTS[: args.prompts]:
+            world.check_vocabulary(prompt)
+        return PROMPTS[: args.prompts]
+    prompts = []
+    for prompt in args.prompt:
+        named: Counter = Counter()
+        for obj in world.parse_prompt(prompt)[1]:
+            named[(obj.color, obj.shape)] += 1
+        prompts.append((prompt, dict(named)))
+    return tuple(prompts)
 
 
 def summarize_folder(out: Path, command: str) -> str:
@@ -223,6 +256,11 @@ def summarize_folder(out: Path, command: str) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
+    try:
+        prompts = prompt_set(args)
+    except world.PromptError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     global CONTROLNET
     CONTROLNET = args.controlnet
     if args.threads:
@@ -230,14 +268,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     out = Path(args.out)
     command = "python -m accdiffusion_shapes.repetition " + " ".join(
         [f"--out {args.out}", "--factors", *map(str, args.factors), "--seeds", *map(str, args.seeds),
-         f"--steps {args.steps}", f"--guidance {args.guidance}", f"--prompts {args.prompts}"]
+         f"--steps {args.steps}", f"--guidance {args.guidance}"]
+        + ([f"--prompt {p!r}" for p in args.prompt] or [f"--prompts {args.prompts}"])
         + (["--methods", *args.methods] if list(args.methods) != list(DEFAULT_METHODS) else [])
         + ([f"--negative-prompt {args.negative_prompt!r}"] if args.negative_prompt else []))
     if not args.summarize_only:
         (out / "parts").mkdir(parents=True, exist_ok=True)
         pipe = load_pipeline(args.model)
         native = pipe.unet.config.sample_size * pipe.vae_scale_factor
-        prompts = PROMPTS[: args.prompts]
         for factor in args.factors:
             for method in args.methods:
                 rows: list[dict[str, Any]] = []

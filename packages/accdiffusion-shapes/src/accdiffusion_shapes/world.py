@@ -9,6 +9,7 @@ at any resolution.  Everything is deterministic given a
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -399,3 +400,105 @@ def sample_crop(
             crop = crop_scene(scene, scene_size, x, y, size, supersample, min_visible, masks)
             if crop is not None:
                 return render_crop(crop, supersample), crop_caption(crop, rng), crop
+
+
+class PromptError(ValueError):
+    """A prompt with words outside :data:`VOCABULARY` or outside the caption grammar."""
+
+
+def prompt_words(text: str) -> list[str]:
+    """The words of ``text`` as the tokenizer sees them: lower-cased runs of letters, and every other
+    non-space character (punctuation, digits) on its own."""
+    return re.findall(r"[a-z]+|[^\sa-z]", text.lower())
+
+
+def unknown_words(text: str) -> list[str]:
+    """The words of ``text`` outside :data:`VOCABULARY`, each once, in order of appearance."""
+    unknown: list[str] = []
+    for word in prompt_words(text):
+        if word not in VOCABULARY and word not in unknown:
+            unknown.append(word)
+    return unknown
+
+
+def check_vocabulary(text: str, what: str = "prompt") -> None:
+    """Raise :class:`PromptError` naming every word of ``text`` outside :data:`VOCABULARY`.
+
+    Args:
+        text: The prompt.
+        what: How the message calls the text (e.g. ``"negative prompt"``).
+    """
+    unknown = unknown_words(text)
+    if unknown:
+        names = ", ".join(repr(word) for word in unknown)
+        plural = "s" if len(unknown) > 1 else ""
+        raise PromptError(
+            f"{what} {text!r}: word{plural} {names} not in the shapes world's vocabulary "
+            f"({' '.join(VOCABULARY)}); the model knows no other word"
+        )
+
+
+@dataclass(frozen=True)
+class PromptObject:
+    """An object named by a prompt: colour, shape and size (``None`` when the prompt names none)."""
+
+    color: str
+    shape: str
+    size: str | None = None
+
+
+def parse_prompt(text: str) -> tuple[str | None, tuple[PromptObject, ...]]:
+    """Read a prompt written in the caption grammar.
+
+    The grammar is that of :func:`caption` and :func:`crop_caption`:
+    ``"<object> and <object> ... on a <background> background"``, where an
+    object is ``"a [small|large] <colour> <shape>"``, or a background alone,
+    ``"a <background> background"`` / ``"an empty <background> background"``;
+    the background may be left out (``"a red circle"``), and ``a`` / ``an``
+    are interchangeable.
+
+    Returns:
+        The background colour (``None`` when not named) and the named objects
+        in order.
+
+    Raises:
+        PromptError: A word is outside :data:`VOCABULARY` or the words do not
+            follow the grammar.
+    """
+    check_vocabulary(text)
+    words = prompt_words(text)
+
+    def fail(reason: str) -> PromptError:
+        return PromptError(f"prompt {text!r}: {reason}; prompts read like 'a red circle and a small blue square "
+                           "on a white background' or 'an empty gray background'")
+
+    background = None
+    if len(words) >= 2 and words[-1] == "background":
+        background = words[-2]
+        if background not in BACKGROUND_COLORS:
+            raise fail(f"{background!r} is not a background colour")
+        words = words[:-2]
+        if words in (["a"], ["an"], ["a", "empty"], ["an", "empty"]):
+            return background, ()
+        if not words or words[-1] not in ("a", "an"):
+            raise fail("the background needs its article")
+        words = words[:-1]
+        if not words or words[-1] != "on":
+            raise fail("objects and the background are joined by 'on'")
+        words = words[:-1]
+    if not words:
+        raise fail("it names nothing")
+    objects = []
+    phrase: list[str] = []
+    for word in [*words, "and"]:
+        if word != "and":
+            phrase.append(word)
+            continue
+        if not (3 <= len(phrase) <= 4 and phrase[0] in ("a", "an")):
+            raise fail(f"{' '.join(phrase)!r} is not an object ('a [size] <colour> <shape>')")
+        *size, color, shape = phrase[1:]
+        if color not in OBJECT_COLORS or shape not in SHAPES or (size and size[0] not in SIZES):
+            raise fail(f"{' '.join(phrase)!r} is not an object ('a [size] <colour> <shape>')")
+        objects.append(PromptObject(color, shape, size[0] if size else None))
+        phrase = []
+    return background, tuple(objects)
