@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import accdiffusion
-from accdiffusion import PluginError, Settings
+from accdiffusion import PluginError, Settings, SettingsError
 from accdiffusion.executor import ViewExecutor, ViewGroup
 from accdiffusion.plugins import PluginHost
 from accdiffusion.sampler import phase_schedulers, scheduler_step
@@ -106,13 +106,17 @@ def test_builtin_schedules():
     assert FastSchedule(start_fraction=0.7).plan(_request(1, 50))[0].start == 35
     # at least one timestep is always evaluated
     assert FastSchedule(start_fraction=0.99).plan(_request(1, 3))[0].start == 2
-    with pytest.raises(PluginError, match="start_fraction=1.5"):
+    with pytest.raises(SettingsError, match="start_fraction=1.5"):
         FastSchedule(start_fraction=1.5)
     settings = Settings(prompt="x", plugin_options={"fast.start_fraction": "0.5", "fast.skip_residual": "false"})
     made = PluginHost(entry_points=False).create("schedule", "fast", settings)
     assert made.plan(_request(1, 10)) == (PhaseSchedule(10, 5, False),)
-    with pytest.raises(PluginError, match="fast.start_fraction='half'"):
-        FastSchedule.from_settings(Settings(prompt="x", plugin_options={"fast.start_fraction": "half"}))
+    assert made == FastSchedule(start_fraction=0.5, skip_residual=False)
+    with pytest.raises(SettingsError, match=r"option fast.start_fraction='half' of the schedule 'fast' from "
+                                            r"plugin 'accdiffusion.builtins' \(distribution 'accdiffusion-core'\) "
+                                            r"is not allowed: a number >= 0 and < 1"):
+        PluginHost(entry_points=False).create("schedule", "fast", Settings(
+            prompt="x", plugin_options={"fast.start_fraction": "half"}))
 
 
 @pytest.mark.parametrize("answer, message", [

@@ -18,7 +18,7 @@ from accdiffusion.output import MAX_NAME_BYTES, check_output_dir, check_run_name
 
 
 def fake_result(colour: int = 0) -> SimpleNamespace:
-    return SimpleNamespace(image=Image.new("RGB", (4, 4), (colour, 0, 0)), stage_images=[], attention=None,
+    return SimpleNamespace(image=Image.new("RGB", (4, 4), (colour, 0, 0)), stage_images=[], attention=None, control_images=(),
                            phases=[], plan=None, prompt_decomposer=None, record={"colour": colour})
 
 

@@ -14,9 +14,13 @@ class ReversedWords:
     """A test decomposer: every window gets the prompt's words reversed."""
 
     needs_attention = False
+    fixed_windows = False
 
     def decompose(self, request):
         return PatchPrompts(tuple(" ".join(reversed(request.prompt.split())) for _ in request.layout.windows))
+
+    def word_masks(self, attention):
+        return None
 
 
 class TestPlugin:

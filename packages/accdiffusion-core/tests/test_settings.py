@@ -8,9 +8,6 @@ from accdiffusion import Settings, SettingsError, plan_sizes
 @pytest.mark.parametrize(
     "field, value, fragment",
     [
-        ("c", 0.0, "strictly between 0 and 1"),
-        ("c", 1.0, "strictly between 0 and 1"),
-        ("c", -0.2, "c=-0.2"),
         ("steps", 0, "steps=0"),
         ("height", 1001, "multiple of 8"),
         ("width", -8, "width=-8"),
@@ -37,8 +34,18 @@ def test_nothing_to_sample_is_refused():
 
 def test_defaults_are_the_release_defaults():
     s = Settings(prompt="x")
-    assert (s.steps, s.guidance_scale, s.multi_guidance_scale, s.c, s.view_batch_size) == (50, 7.5, 7.5, 0.3, 16)
-    assert (s.cosine_scale_1, s.cosine_scale_2, s.cosine_scale_3, s.sigma) == (3.0, 1.0, 1.0, 0.8)
+    assert (s.steps, s.guidance_scale, s.multi_guidance_scale, s.view_batch_size) == (50, 7.5, 7.5, 16)
+    assert (s.cosine_scale_1, s.cosine_scale_2) == (3.0, 1.0)
+    # the stage knobs' defaults are their plugins' (c = 0.3, sigma = 0.8, cs3 = 1.0, jitter on)
+    from accdiffusion_dilated import WindowInteractionGuidance
+    from accdiffusion_prompts import CrossAttentionDecomposer
+    from accdiffusion_tiling import SlidingWindowTiler
+
+    assert CrossAttentionDecomposer().threshold == 0.3
+    assert (WindowInteractionGuidance().sigma, WindowInteractionGuidance().cosine_scale_3) == (0.8, 1.0)
+    assert SlidingWindowTiler().jitter is True
+    knobs = {"c", "sigma", "cosine_scale_3", "gaussian_smoothing", "jitter", "controlnet", "canny_sigma"}
+    assert not knobs & set(s.to_dict())
     assert s.negative_prompt == "blurry, ugly, duplicate, poorly drawn, deformed, mosaic"
     assert (s.prompt_decomposer, s.tiler, s.global_guidance, s.upscaler) == (
         "cross_attention", "sliding_window", "window_interaction", "bicubic_latent")

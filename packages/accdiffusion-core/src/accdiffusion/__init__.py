@@ -17,7 +17,8 @@ _LAZY = {
     "load_pipeline": "loading",
     "write_run": "output",
     "PhaseInfo": "sampler", "Result": "sampler", "Sampler": "sampler",
-    "PluginHost": "plugins", "hookimpl": "plugins",
+    "PluginHost": "plugins", "StageEntry": "plugins", "StagePlugin": "plugins", "hookimpl": "hookspecs",
+    "option": "options",
     "DEFAULT_NEGATIVE_PROMPT": "settings", "Plan": "settings", "Settings": "settings", "plan_sizes": "settings",
     "GlobalGuidance": "stages", "PromptDecomposer": "stages", "Tiler": "stages", "Upscaler": "stages",
     "AttentionMaps": "types", "Conditioning": "types", "DecomposeRequest": "types", "GuidanceRequest": "types",
@@ -47,7 +48,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors
     from .loading import load_pipeline
     from .output import write_run
     from .sampler import PhaseInfo, Result, Sampler
-    from .plugins import PluginHost, hookimpl
+    from .hookspecs import hookimpl
+    from .options import option
+    from .plugins import PluginHost, StageEntry, StagePlugin
     from .settings import DEFAULT_NEGATIVE_PROMPT, Plan, Settings, plan_sizes
     from .stages import GlobalGuidance, PromptDecomposer, Tiler, Upscaler
     from .types import (
@@ -90,11 +93,14 @@ __all__ = [
     "PromptDecomposer",
     "Settings",
     "SettingsError",
+    "StageEntry",
+    "StagePlugin",
     "Tiler",
     "Upscaler",
     "ViewBatchRequest",
     "Window",
     "WindowLayout",
     "hookimpl",
+    "option",
     "plan_sizes",
 ]

@@ -7,7 +7,7 @@ import io
 import os
 import time
 import warnings
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import attrs
 from PIL import Image, UnidentifiedImageError
@@ -100,21 +100,43 @@ _GENERATE_ARGUMENTS = ("model", "model_config", "pipeline", "image", "host", "pr
                        "tiler", "global_guidance", "upscaler", "executor", "structure_guidance")
 
 
-def check_options(options: dict[str, Any]) -> None:
-    """Raise :class:`SettingsError` for a keyword of :func:`generate` that is
-    neither one of its arguments nor a :class:`Settings` field, naming the
-    closest valid names first and then all of them."""
+def check_options(options: dict[str, Any], host: Optional[PluginHost] = None) -> dict[str, Any]:
+    """``options`` (keywords of :func:`generate`) with every plugin option's
+    alias (``c``, ``sigma``, ``jitter``, ...; see ``accdiffusion plugins
+    --options``) moved into ``plugin_options``. Raises :class:`SettingsError`
+    for a keyword that is neither one of :func:`generate`'s arguments, nor a
+    :class:`Settings` field, nor an alias an installed plugin declares,
+    naming the closest valid names first and then all of them."""
     fields = [f.name for f in attrs.fields(Settings) if f.name != "prompt"]
+    aliases = host.registry.aliases() if host is not None else {}
+    out = dict(options)
+    moved = {}
     for key in options:
         if key in fields:
+            continue
+        if key in aliases:
+            moved[key] = out.pop(key)
             continue
         if key == "settings":
             raise SettingsError("settings= is not an option of generate(): pass the settings as keywords, "
                                 "generate(prompt, **options), e.g. generate('a cat', steps=30, seed=1)")
-        valid = sorted(set(fields) | set(_GENERATE_ARGUMENTS))
+        valid = sorted(set(fields) | set(_GENERATE_ARGUMENTS) | set(aliases))
         close = difflib.get_close_matches(str(key), valid, n=3, cutoff=0.6)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-        raise SettingsError(f"unknown option {key!r}{hint}; valid options: {', '.join(valid)}")
+        raise SettingsError(f"unknown option {key!r}{hint}; valid options: {', '.join(valid)} (and plugin "
+                            "options as plugin_options={'NAME.FIELD': value}: `accdiffusion plugins --options`)")
+    given = out.get("plugin_options") or {}
+    if moved and isinstance(given, Mapping):  # a bad plugin_options is Settings' to name
+        twice = sorted(set(moved) & set(given))
+        if twice:
+            raise SettingsError(f"option {twice[0]!r} is given twice, as a keyword and in plugin_options")
+        out["plugin_options"] = {**given, **moved}
+    return out
+
+
+def selected_stages(settings: Settings, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Each stage's registered name from ``settings``, or its object from ``overrides``."""
+    return {stage: overrides.get(stage, getattr(settings, stage)) for stage in STAGES}
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -155,8 +177,11 @@ def estimate_cost(settings: Settings, plan: Any, host: PluginHost, overrides: di
     schedules = validate_schedule(schedule.plan(request), request, f"schedule {name!r}")
     device = check_device(settings.device)
     gg = overrides.get("global_guidance", settings.global_guidance)
+    sg = overrides.get("structure_guidance", settings.structure_guidance)
+    controlnet = host.options_for("structure_guidance", sg, settings).get("model") if sg == "controlnet" else None
     return preflight.estimate(settings, plan, schedules, device=device, folder=location,
-                              local=settings.local_path, global_path=gg not in (None, NO_GLOBAL_GUIDANCE))
+                              local=settings.local_path, global_path=gg not in (None, NO_GLOBAL_GUIDANCE),
+                              controlnet=controlnet)
 
 
 def estimate_run(prompt: str, *, model: Optional[str] = None, host: Optional[PluginHost] = None,
@@ -164,14 +189,15 @@ def estimate_run(prompt: str, *, model: Optional[str] = None, host: Optional[Plu
     """What :func:`generate` with the same arguments would cost (phases, windows,
     UNet evaluations, a peak-memory estimate), from the model's configs only.
     ``model`` must be a registered name or a local diffusers folder."""
-    check_options(options)
     host = host or PluginHost()
+    options = check_options(options, host)
     overrides = {} if schedule is None or isinstance(schedule, str) else {"schedule": schedule}
     if isinstance(schedule, str):
         options["schedule"] = schedule
     model_name = DEFAULT_MODEL if model is None else model
     settings = Settings(prompt=prompt, **{**host.model_defaults(model_name), **options})
     check_stage_names(settings, host, overrides)
+    host.check_options(settings, selected_stages(settings, overrides))
     location = resolve_model(model, host)
     info = inspect_folder(location)
     if info is None:
@@ -233,14 +259,15 @@ def generate(
     (``Sampler(executor=...)``; default: one process), e.g. an
     :class:`accdiffusion.distributed.DistributedExecutorFactory`.
     """
-    check_options(options)
+    if host is not None and not isinstance(host, PluginHost):
+        raise SettingsError(f"host={type(host).__name__} is not allowed: a PluginHost or None")
+    host = host or PluginHost()
+    options = check_options(options, host)
     for arg, value in (("model", model), ("model_config", model_config)):
         if value is not None and not isinstance(value, (str, os.PathLike)):
             raise SettingsError(f"{arg}={value!r} is not allowed: a registered model name, a path or a hub id")
     model = os.fspath(model) if isinstance(model, os.PathLike) else model
     model_config = os.fspath(model_config) if isinstance(model_config, os.PathLike) else model_config
-    if host is not None and not isinstance(host, PluginHost):
-        raise SettingsError(f"host={type(host).__name__} is not allowed: a PluginHost or None")
     if progress is not None and not callable(progress):
         raise SettingsError(f"progress={progress!r} is not allowed: a callable progress(description, total) or None")
     overrides = {}
@@ -251,11 +278,11 @@ def generate(
             options[stage] = value
         elif value is not None:
             overrides[stage] = value
-    host = host or PluginHost()
     model_name = DEFAULT_MODEL if model is None and pipeline is None else model
     defaults = host.model_defaults(model_name) if pipeline is None else {}
     settings = Settings(prompt=prompt, **{**defaults, **options})
     check_stage_names(settings, host, overrides)
+    host.check_options(settings, selected_stages(settings, overrides))
     check_device(settings.device)
     check_lora_locations(settings.lora)
     init_image = None if image is None else load_image(image)

@@ -32,18 +32,13 @@ _HELP = {
     "seed": "random seed (default: drawn at random and saved in the record)",
     "guidance_scale": "CFG scale of phase 1 and the global (dilated) path",
     "multi_guidance_scale": "CFG scale of the local windows",
-    "c": "patch-prompt threshold: a word joins a window when this share of it is covered (eq. 8)",
     "stride": "local window stride in latent px (default: half the native latent size)",
     "view_batch_size": "windows / dilated samples per UNet batch",
     "cosine_scale_1": "skip-residual exponent cs1",
     "cosine_scale_2": "local/global fusion exponent cs2",
-    "cosine_scale_3": "Gaussian-smoothing exponent cs3",
-    "sigma": "Gaussian smoothing sigma of the dilated path",
     "progressive": "upscale one scale at a time (off: jump straight to the target)",
     "skip_residual": "blend in the noise-inverted upscaled latents (DemoFusion skip residual)",
     "local_path": "the local path (MultiDiffusion windows)",
-    "jitter": "random jitter of the local windows",
-    "gaussian_smoothing": "Gaussian smoothing of the dilated path's input",
     "scheduler": "scheduler; 'default' keeps the model's own",
     "prompt_decomposer": "patch prompt stage (see `accdiffusion plugins`)",
     "tiler": "local window tiler stage",
@@ -51,14 +46,6 @@ _HELP = {
     "upscaler": "latent upscaler stage",
     "schedule": "steps and start timestep of each upscaling phase: 'paper' (default) or 'fast'",
     "structure_guidance": "extra conditioning of the local windows: 'none' or 'controlnet' (AccDiffusion v2)",
-    "controlnet": "with --structure-guidance controlnet: a diffusers ControlNetModel folder or hub id "
-                  "of the model's family",
-    "control_image": "with controlnet: this control image (resized to each phase) instead of the previous "
-                     "phase's canny edges",
-    "canny_sigma": "canny thresholds at (1 -/+ this) x the median intensity of the previous phase's image",
-    "controlnet_scale": "conditioning scale of the ControlNet's residuals",
-    "controlnet_start": "fraction of each phase's steps before the ControlNet starts",
-    "controlnet_end": "fraction of each phase's steps after which the ControlNet stops",
     "lora": "PATH[:SCALE]: load LoRA weights (file, folder or hub id) with this scale (default 1.0); repeatable",
     "attention_factor": "read cross-attention at 1/this of the latent side",
     "attention_strength": "with --image: share of the schedule re-noised to read attention maps",
@@ -73,7 +60,7 @@ _HELP = {
 
 #: Settings a registered model may recommend values for (shown in ``--help``).
 _MODEL_TUNABLE = {"steps", "guidance_scale", "multi_guidance_scale", "scale", "stride", "view_batch_size",
-                  "scheduler", "c", "sigma", "negative_prompt"}
+                  "scheduler", "negative_prompt"}
 
 _CHOICES = {"scheduler": SCHEDULERS, "dtype": DTYPES, "offload": OFFLOAD}
 
@@ -94,7 +81,61 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: ``dest`` prefix of the flags derived from the plugins' declared options.
+_OPTION_DEST = "plugin_option:"
+
+
+def _add_plugin_option_flags(gen: argparse.ArgumentParser, host: Any) -> None:
+    """One flag per declared option of every installed plugin (``--NAME-FIELD``)
+    and one per alias (``--c``), in an argument group per stage."""
+    from .errors import PluginError
+    from .plugins import option_flags
+
+    group = gen.add_argument_group("plugin options", "options the installed stage plugins declare "
+                                   "(`accdiffusion plugins --options`); an option of a plugin that is not "
+                                   "selected is refused")
+    for flag, key, targets in option_flags(host.registry):
+        reg, opt = targets[0]
+        if len(targets) == 1 and key == f"{reg.name}.{opt.name}":
+            text = f"{opt.spec.help} ({reg.stage} {reg.name!r}: {opt.spec.allowed()}; default: {opt.default})"
+        else:
+            named = ", ".join(f"{r.name}.{o.name}" for r, o in targets)
+            text = f"{opt.spec.help}: sets {named}, whichever is selected ({opt.spec.allowed()})"
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": text.replace("%", "%%"),
+                                  "dest": _OPTION_DEST + key}
+        if all(o.spec.type is bool for _, o in targets):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["metavar"] = opt.spec.type.__name__.upper() if opt.spec.choices is None else \
+                "{" + ",".join(map(str, opt.spec.choices)) + "}"
+        try:
+            group.add_argument(flag, **kwargs)
+        except argparse.ArgumentError as exc:
+            raise PluginError(f"{reg.source()}: the flag {flag} of option {key} clashes with another flag: "
+                              f"{exc}") from None
+
+
+def _plugin_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's plugin options: ``--option KEY=VALUE`` entries and the derived flags given."""
+    out: dict[str, Any] = dict(getattr(args, "option", []) or [])
+    for dest, value in vars(args).items():
+        if dest.startswith(_OPTION_DEST):
+            key = dest[len(_OPTION_DEST):]
+            if key in out:
+                from .errors import SettingsError
+
+                raise SettingsError(f"option {key} is given twice (as a flag and with --option); give it once")
+            out[key] = value
+    return out
+
+
+def build_parser(host: Any = None) -> argparse.ArgumentParser:
+    """The command line's parser; the plugin-option flags come from ``host``
+    (a fresh :class:`~accdiffusion.plugins.PluginHost` when not given)."""
+    if host is None:
+        from .plugins import PluginHost
+
+        host = PluginHost()
     parser = argparse.ArgumentParser(
         prog="accdiffusion",
         description="Training-free higher-resolution image generation: AccDiffusion on DemoFusion.",
@@ -118,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print the run's phases, windows, UNet evaluations and memory estimate, then stop "
                           "(reads the model's configs, loads no weights)")
     gen.add_argument("--option", action="append", type=_kv, default=[], metavar="KEY=VALUE",
-                     help="free-form option for third-party stages (repeatable)")
+                     help="a plugin option as NAME.FIELD=VALUE, or an alias such as c=0.4 (repeatable; "
+                          "`accdiffusion plugins --options` lists them)")
     for f in attrs.fields(Settings):
         if f.name in ("prompt", "plugin_options"):
             continue
@@ -143,7 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
         elif isinstance(default, float):
             kwargs["type"] = float
         gen.add_argument(flag, **kwargs)
-    sub.add_parser("plugins", help="list installed stage plugins and models", formatter_class=fmt)
+    _add_plugin_option_flags(gen, host)
+    plugins = sub.add_parser("plugins", help="list installed stage plugins and models", formatter_class=fmt)
+    plugins.add_argument("--options", action="store_true",
+                         help="also list every plugin's options: flag, type, allowed values, default, help")
     bat = sub.add_parser("batch", help="generate one image per line of a prompts file", formatter_class=fmt,
                          description="One run folder per line of PROMPTS_FILE (JSON lines with per-prompt "
                                      "settings, or plain text: one prompt per line) and batch-summary.json. "
@@ -154,8 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "here, HOST:PORT or ray://HOST:PORT joins a cluster (needs accdiffusion-core[ray])")
     settings_dests = {f.name for f in attrs.fields(Settings)}
     for action in gen._actions:  # the settings flags and the model and output flags of generate
-        if action.option_strings and action.dest in settings_dests or action.dest in ("model", "model_config", "output", "no_pictures",
-                                                             "quiet", "option"):
+        if action.option_strings and (action.dest in settings_dests or action.dest.startswith(_OPTION_DEST)) \
+                or action.dest in ("model", "model_config", "output", "no_pictures", "quiet", "option"):
             bat._add_action(action)
     ui = sub.add_parser("ui", help="serve a web page for generating (needs accdiffusion-core[ui])", formatter_class=fmt,
                         description="Load the model once and serve a Gradio page: the fields of a run, each "
@@ -286,7 +331,7 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
 
         options = {f.name: getattr(args, f.name) for f in attrs.fields(Settings)
                    if f.name not in ("prompt", "plugin_options") and hasattr(args, f.name)}
-        options["plugin_options"] = dict(args.option)
+        options["plugin_options"] = _plugin_options(args)
         est = estimate_run(args.prompt, model=args.model, **options)
     print("\n".join(est.lines()))
     check(est, Settings(prompt=args.prompt, **{k: v for k, v in options.items()
@@ -311,7 +356,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
         options = {f.name: getattr(args, f.name) for f in attrs.fields(Settings)
                    if f.name not in ("prompt", "plugin_options") and hasattr(args, f.name)}
-        options["plugin_options"] = dict(args.option)
+        options["plugin_options"] = _plugin_options(args)
         main_rank = group is None or group.context.is_main
         if group is not None and group.context.device.startswith("cuda"):
             options["device"] = group.context.device  # each rank on its own GPU
@@ -350,8 +395,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
         host = PluginHost()
         options = {f.name: getattr(args, f.name) for f in attrs.fields(Settings)
                    if f.name not in ("prompt", "plugin_options") and hasattr(args, f.name)}
-        if args.option:
-            options["plugin_options"] = dict(args.option)
+        if _plugin_options(args):
+            options["plugin_options"] = _plugin_options(args)
         model_name = DEFAULT_MODEL if args.model is None else args.model
         defaults = host.model_defaults(model_name)
         base = {**defaults, **options}
@@ -422,7 +467,29 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(f"    {name:<22} {reg.description or reg.target}{f' (recommends {extra})' if extra else ''}"
               f"  [{reg.plugin}]")
     print("(* = default)")
+    if getattr(args, "options", False):
+        print()
+        print(options_listing(host))
     return 0
+
+
+def options_listing(host: Any) -> str:
+    """Every installed plugin's options as text: per stage name, each option's
+    flag, ``--option`` key, type and allowed values, default, aliases and help."""
+    from .options import flag_name
+
+    lines = ["options (set with the flag, --option NAME.FIELD=VALUE, or plugin_options={'NAME.FIELD': value}):"]
+    for reg in host.registry.all_stages():
+        if not reg.declared:
+            continue
+        lines.append(f"  {reg.stage} {reg.name}  [{reg.distribution}]")
+        for opt in reg.declared:
+            aliases = "".join(f", --{a.replace('_', '-')}" for a in opt.spec.aliases
+                              if f"--{a.replace('_', '-')}" != flag_name(reg.name, opt.name))
+            lines.append(f"    {flag_name(reg.name, opt.name)}{aliases}  ({reg.name}.{opt.name}) "
+                         f"{opt.spec.allowed()}; default {opt.default!r}")
+            lines.append(f"        {opt.spec.help}")
+    return "\n".join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

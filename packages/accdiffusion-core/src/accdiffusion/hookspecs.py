@@ -1,13 +1,18 @@
 """Hook specifications: the contract between the core and its plugins.
 
-Plugins implement these with :data:`accdiffusion.hookimpl` and are found through
-the ``accdiffusion`` entry-point group. The default AccDiffusion stages are
+Plugins implement these with :data:`hookimpl` (also ``accdiffusion.hookimpl``)
+and are found through the ``accdiffusion`` entry-point group; most plugins
+write one registration list instead (:class:`accdiffusion.StagePlugin`), which
+implements the registration hooks for them. The default AccDiffusion stages are
 plugins registered exactly like third-party ones.
 
 Registration hooks run once when a plugin manager is built; they add named
-*factories* to the run's registry. A factory is called once per run with the
-run's :class:`accdiffusion.Settings` and returns a stage object (see
-:mod:`accdiffusion.stages`). Hooks are grouped by when they matter:
+*targets* to the run's registry. A target is, preferably, a stage class that
+is a frozen attrs class whose fields are options declared with
+:func:`accdiffusion.options.option` (the class is its own options class:
+built with the run's option values); or a factory ``factory(settings)``, or,
+with ``options=`` naming an options class, ``factory(settings, options)``.
+Stage objects are described in :mod:`accdiffusion.stages`. Hooks are grouped by when they matter:
 
 * model loading: :func:`accdiffusion_register_models`, :func:`accdiffusion_adapt_pipeline`
 * stage registration: one hook per stage.
@@ -22,6 +27,8 @@ import pluggy
 PROJECT = "accdiffusion"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
+#: Marks a plugin's implementation of one of the hooks below.
+hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 # -- model loading -----------------------------------------------------------
@@ -57,49 +64,55 @@ def accdiffusion_adapt_pipeline(pipeline: Any, settings: Any) -> Optional[Any]:
 
 @hookspec
 def accdiffusion_register_prompt_decomposers(register) -> None:
-    """Register prompt decomposers: ``register(name, factory, description="")``.
+    """Register prompt decomposers: ``register(name, target, description="", options=None)``.
 
-    ``factory(settings)`` returns a :class:`accdiffusion.stages.PromptDecomposer`.
+    ``target`` builds a :class:`accdiffusion.stages.PromptDecomposer` (see
+    :meth:`accdiffusion.plugins.Registration.build`).
     """
 
 
 @hookspec
 def accdiffusion_register_tilers(register) -> None:
-    """Register local-window tilers: ``register(name, factory, description="")``.
+    """Register local-window tilers: ``register(name, target, description="", options=None)``.
 
-    ``factory(settings)`` returns a :class:`accdiffusion.stages.Tiler`.
+    ``target`` builds a :class:`accdiffusion.stages.Tiler` (see
+    :meth:`accdiffusion.plugins.Registration.build`).
     """
 
 
 @hookspec
 def accdiffusion_register_global_guidances(register) -> None:
-    """Register global-path strategies: ``register(name, factory, description="")``.
+    """Register global-path strategies: ``register(name, target, description="", options=None)``.
 
-    ``factory(settings)`` returns a :class:`accdiffusion.stages.GlobalGuidance`.
+    ``target`` builds a :class:`accdiffusion.stages.GlobalGuidance` (see
+    :meth:`accdiffusion.plugins.Registration.build`).
     The name ``none`` is reserved: it switches the global path off.
     """
 
 
 @hookspec
 def accdiffusion_register_upscalers(register) -> None:
-    """Register latent upscalers: ``register(name, factory, description="")``.
+    """Register latent upscalers: ``register(name, target, description="", options=None)``.
 
-    ``factory(settings)`` returns a :class:`accdiffusion.stages.Upscaler`.
+    ``target`` builds a :class:`accdiffusion.stages.Upscaler` (see
+    :meth:`accdiffusion.plugins.Registration.build`).
     """
 
 
 @hookspec
 def accdiffusion_register_schedules(register) -> None:
-    """Register schedules: ``register(name, factory, description="")``.
+    """Register schedules: ``register(name, target, description="", options=None)``.
 
-    ``factory(settings)`` returns a :class:`accdiffusion.stages.Schedule`.
+    ``target`` builds a :class:`accdiffusion.stages.Schedule` (see
+    :meth:`accdiffusion.plugins.Registration.build`).
     """
 
 
 @hookspec
 def accdiffusion_register_structure_guidances(register) -> None:
-    """Register structure guidances: ``register(name, factory, description="")``.
+    """Register structure guidances: ``register(name, target, description="", options=None)``.
 
-    ``factory(settings)`` returns a :class:`accdiffusion.stages.StructureGuidance`.
+    ``target`` builds a :class:`accdiffusion.stages.StructureGuidance` (see
+    :meth:`accdiffusion.plugins.Registration.build`).
     The core registers ``none`` (default) and ``controlnet``.
     """

@@ -20,21 +20,26 @@ from typing import Any, Optional
 import attrs
 
 from .errors import SettingsError
+from .options import stage_values
 from .sampler import Result, Sampler
 from .schedulers import make_scheduler
 from .settings import Settings, parse_lora
 
 
-def _structure_record(settings: Settings, sampler: Sampler) -> dict[str, Any]:
+def _stage_records(sampler: Sampler) -> dict[str, Any]:
+    """Each stage's name and its option values (the stage object's declared
+    options; empty for a stage that declares none or was given as an object
+    without them)."""
+    return {stage: {"name": name, "options": stage_values(getattr(sampler, stage, None))}
+            for stage, name in sampler.stage_names.items()}
+
+
+def _structure_record(sampler: Sampler) -> dict[str, Any]:
     """The structure guidance that ran and its options (the local path only)."""
     name = sampler.stage_names.get("structure_guidance", "none")
     entry: dict[str, Any] = {"name": name}
     if name != "none":
-        entry.update({"applies_to": "local windows", "controlnet": settings.controlnet,
-                      "control_image": settings.control_image,
-                      "canny_sigma": None if settings.control_image is not None else settings.canny_sigma,
-                      "scale": settings.controlnet_scale, "start": settings.controlnet_start,
-                      "end": settings.controlnet_end})
+        entry.update({"applies_to": "local windows", **stage_values(sampler.structure_guidance)})
     return entry
 
 
@@ -85,7 +90,8 @@ def build_record(result: Result, settings: Settings, sampler: Sampler, *, model:
         "settings": resolved.to_dict(),
         "seed": result.seed,
         "plugins": dict(sampler.stage_names),
-        "structure_guidance": _structure_record(settings, sampler),
+        "stages": _stage_records(sampler),
+        "structure_guidance": _structure_record(sampler),
         "lora": [{"location": loc, "scale": scale} for loc, scale in map(parse_lora, settings.lora)],
         "scheduler": {"name": settings.scheduler, "class": type(make_scheduler(settings.scheduler, sched)).__name__,
                       "model_default": type(sched).__name__},
@@ -239,7 +245,7 @@ def write_run(result: Result, out_dir: str | os.PathLike, name: str, *, attentio
             for scale, img in result.stage_images:
                 img.save(tmp / "stages" / f"scale-{scale}.png")
             files["stages"] = "stages/"
-        control_images = getattr(result, "control_images", ())
+        control_images = result.control_images
         if control_images:
             (tmp / "control").mkdir()
             for scale, img in control_images:
@@ -249,10 +255,7 @@ def write_run(result: Result, out_dir: str | os.PathLike, name: str, *, attentio
             pics = tmp / "attention"
             pics.mkdir()
             if result.attention is not None and len(result.attention.words):
-                masks = None
-                fn = getattr(result.prompt_decomposer, "word_masks", None)
-                if fn is not None:
-                    masks = fn(result.attention)
+                masks = None if result.prompt_decomposer is None else result.prompt_decomposer.word_masks(result.attention)
                 attention_sheet(result.attention, masks).save(pics / "attention-maps.png")
             vsf = result.plan.vae_scale_factor
             for ph in result.phases:

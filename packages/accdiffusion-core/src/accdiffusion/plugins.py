@@ -1,21 +1,27 @@
-"""Plugin manager and stage registry.
+"""Plugin manager, stage registry, and the options plugins declare.
 
 A :class:`PluginHost` is built fresh for every use (there is no module-level
 plugin state): it creates a :class:`pluggy.PluginManager`, loads the
 ``accdiffusion`` entry points (unless told not to), registers any plugin
-objects given, and collects the stage factories and named models they register.
+objects given, and collects the stage targets and named models they register.
+A plugin usually is one :class:`StagePlugin`: a registration list of
+:class:`StageEntry` lines. The host also resolves the run's plugin options
+(``Settings.plugin_options``: ``NAME.FIELD`` keys and declared aliases such as
+``c``) against the selected plugins' declared options (:mod:`accdiffusion.options`).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import attrs
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from .errors import PluginError, SettingsError
+from .hookspecs import hookimpl
+from .options import DeclaredOption, declared_options, flag_name
 from .stages import PROTOCOLS, STAGES
 
 ENTRY_POINT_GROUP = "accdiffusion"
@@ -23,7 +29,8 @@ ENTRY_POINT_GROUP = "accdiffusion"
 #: load; when set, other entry points are skipped.
 ALLOW_ENV = "ACCDIFFUSION_PLUGINS"
 
-hookimpl = pluggy.HookimplMarker(hookspecs.PROJECT)
+__all__ = ["ALLOW_ENV", "ENTRY_POINT_GROUP", "NO_GLOBAL_GUIDANCE", "PluginHost", "Registration", "Registry",
+           "StageEntry", "StagePlugin", "hookimpl"]
 
 #: Reserved global-guidance name that switches the global path off.
 NO_GLOBAL_GUIDANCE = "none"
@@ -31,13 +38,129 @@ NO_GLOBAL_GUIDANCE = "none"
 
 @attrs.frozen
 class Registration:
-    """One registered name: its factory (or model location) and where it came from."""
+    """One registered name: its target (or model location), where it came from
+    and, for a stage, its options class.
+
+    ``options`` is the attrs class whose :func:`~accdiffusion.options.option`
+    fields are the stage's options: the target itself when the target is such
+    a class, else the class given with ``register(..., options=)``, else ``None``.
+    ``plugin`` is the plugin's name in the plugin manager (its entry-point
+    name), ``distribution`` the installed distribution it came from.
+    """
 
     name: str
     target: Any
     description: str = ""
     plugin: str = ""
     defaults: dict = attrs.field(factory=dict)
+    options: Optional[type] = None
+    distribution: str = ""
+    stage: str = ""
+
+    @property
+    def declared(self) -> tuple[DeclaredOption, ...]:
+        """The stage's declared options (empty when it declares none)."""
+        return declared_options(self.options)
+
+    def option(self, field: str) -> Optional[DeclaredOption]:
+        """The declared option named ``field``, or ``None``."""
+        return next((o for o in self.declared if o.name == field), None)
+
+    def source(self) -> str:
+        """``plugin 'x' (distribution 'y')``, for messages."""
+        dist = f" (distribution {self.distribution!r})" if self.distribution and self.distribution != self.plugin else ""
+        return f"plugin {self.plugin!r}{dist}"
+
+    def build(self, settings: Any, values: Mapping[str, Any]) -> Any:
+        """The stage object for a run: ``options(**values)`` when the target is
+        its own options class; ``target(settings, options(**values))`` with a
+        separate options class; ``target(settings)`` without options."""
+        if self.options is None:
+            return self.target(settings)
+        try:
+            opts = self.options(**values)
+        except SettingsError as exc:
+            field, _, rest = str(exc).partition("=")
+            raise SettingsError(f"option {self.name}.{field}={rest} (the {self.stage} {self.name!r} from "
+                                f"{self.source()})") from None
+        return opts if self.options is self.target else self.target(settings, opts)
+
+
+@attrs.frozen
+class StageEntry:
+    """One line of a plugin's registration list: ``stage`` (one of
+    :data:`accdiffusion.stages.STAGES`, or ``"model"``), the ``name`` users
+    select, the ``target`` (a stage class declaring its options, a factory,
+    or for a model its location), a one-line ``description``, an ``options``
+    class for a factory, and a model's recommended ``defaults``."""
+
+    stage: str
+    name: str
+    target: Any
+    description: str = ""
+    options: Optional[type] = None
+    defaults: Optional[dict] = None
+
+
+class StagePlugin:
+    """A plugin made from one registration list of :class:`StageEntry` lines.
+
+    It implements every registration hook, each registering the lines of its
+    stage, so a plugin package needs only the list and an entry point naming
+    the ``StagePlugin`` object::
+
+        plugin = StagePlugin([StageEntry("tiler", "grid", GridTiler, "a plain grid")])
+    """
+
+    def __init__(self, entries: Sequence[StageEntry]) -> None:
+        for entry in entries:
+            if not isinstance(entry, StageEntry):
+                raise PluginError(f"a registration list holds StageEntry lines, not {entry!r}")
+            if entry.stage not in STAGES and entry.stage != "model":
+                raise PluginError(f"StageEntry {entry.name!r}: unknown stage {entry.stage!r}; stages are "
+                                  f"{', '.join(STAGES)} and model")
+        self.entries = tuple(entries)
+
+    def __repr__(self) -> str:
+        return f"StagePlugin({', '.join(f'{e.stage}:{e.name}' for e in self.entries)})"
+
+    def register_stage(self, stage: str, register: Callable[..., None]) -> None:
+        """Register this list's lines of ``stage`` with ``register``."""
+        for e in self.entries:
+            if e.stage != stage:
+                continue
+            if stage == "model":
+                register(e.name, e.target, e.description, defaults=e.defaults)
+            else:
+                register(e.name, e.target, e.description, options=e.options)
+
+    @hookimpl
+    def accdiffusion_register_models(self, register: Callable[..., None]) -> None:
+        self.register_stage("model", register)
+
+    @hookimpl
+    def accdiffusion_register_prompt_decomposers(self, register: Callable[..., None]) -> None:
+        self.register_stage("prompt_decomposer", register)
+
+    @hookimpl
+    def accdiffusion_register_tilers(self, register: Callable[..., None]) -> None:
+        self.register_stage("tiler", register)
+
+    @hookimpl
+    def accdiffusion_register_global_guidances(self, register: Callable[..., None]) -> None:
+        self.register_stage("global_guidance", register)
+
+    @hookimpl
+    def accdiffusion_register_upscalers(self, register: Callable[..., None]) -> None:
+        self.register_stage("upscaler", register)
+
+    @hookimpl
+    def accdiffusion_register_schedules(self, register: Callable[..., None]) -> None:
+        self.register_stage("schedule", register)
+
+    @hookimpl
+    def accdiffusion_register_structure_guidances(self, register: Callable[..., None]) -> None:
+        self.register_stage("structure_guidance", register)
 
 
 class Registry:
@@ -47,15 +170,19 @@ class Registry:
         self._stages: dict[str, dict[str, Registration]] = {stage: {} for stage in STAGES}
         self._models: dict[str, Registration] = {}
 
-    def registrar(self, stage: str, plugin: str) -> Callable[..., None]:
+    def registrar(self, stage: str, plugin: str, distribution: str = "") -> Callable[..., None]:
         """The ``register`` callable handed to one plugin's hook for ``stage``."""
         table = self._stages[stage] if stage != "model" else self._models
 
-        def register(name: str, target: Any, description: str = "", defaults: Optional[dict] = None) -> None:
-            if not isinstance(name, str) or not name:
-                raise PluginError(f"plugin {plugin!r} registered a {stage} with an invalid name {name!r}")
+        def register(name: str, target: Any, description: str = "", defaults: Optional[dict] = None,
+                     options: Optional[type] = None) -> None:
+            if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
+                raise PluginError(f"plugin {plugin!r} registered a {stage} with an invalid name {name!r} "
+                                  "(letters, digits, '_' and '-')")
             if defaults is not None and stage != "model":
                 raise PluginError(f"plugin {plugin!r}: only models take defaults, not {stage} {name!r}")
+            if options is not None and stage == "model":
+                raise PluginError(f"plugin {plugin!r}: model {name!r} cannot declare options")
             if defaults:
                 from .settings import Settings
 
@@ -66,11 +193,19 @@ class Registry:
             if stage == "global_guidance" and name == NO_GLOBAL_GUIDANCE:
                 raise PluginError(f"plugin {plugin!r}: the global_guidance name 'none' is reserved")
             if stage != "model" and not callable(target):
-                raise PluginError(f"plugin {plugin!r} registered {stage} {name!r} with a non-callable factory")
+                raise PluginError(f"plugin {plugin!r} registered {stage} {name!r} with a non-callable target")
+            if options is not None and not declared_options(options):
+                raise PluginError(f"plugin {plugin!r}: options of {stage} {name!r} must be an attrs class with "
+                                  f"fields declared by accdiffusion.options.option, not {options!r}")
+            if options is None and stage != "model" and isinstance(target, type) and attrs.has(target):
+                options = target  # a stage class is its own options class (possibly with no options)
+            reg = Registration(name, target, description, plugin, dict(defaults or {}), options,
+                               distribution or plugin, stage)
             if name in table:
-                other = table[name].plugin
-                raise PluginError(f"{stage} {name!r} is registered twice: by {other!r} and by {plugin!r}")
-            table[name] = Registration(name, target, description, plugin, dict(defaults or {}))
+                other = table[name]
+                raise PluginError(f"{stage} {name!r} is registered twice: by {other.source()} and by "
+                                  f"{reg.source()}; uninstall one of the two distributions")
+            table[name] = reg
 
         return register
 
@@ -92,6 +227,23 @@ class Registry:
 
     def registrations(self, stage: str) -> list[Registration]:
         return [self._stages[stage][n] for n in sorted(self._stages[stage])]
+
+    def all_stages(self) -> list[Registration]:
+        """Every stage registration, stage by stage in :data:`STAGES` order."""
+        return [reg for stage in STAGES for reg in self.registrations(stage)]
+
+    def named(self, name: str) -> list[Registration]:
+        """The stage registrations called ``name`` (one per stage at most)."""
+        return [t[name] for t in self._stages.values() if name in t]
+
+    def aliases(self) -> dict[str, list[tuple[Registration, DeclaredOption]]]:
+        """Every declared alias and the options (of which registrations) it names."""
+        out: dict[str, list[tuple[Registration, DeclaredOption]]] = {}
+        for reg in self.all_stages():
+            for opt in reg.declared:
+                for alias in opt.spec.aliases:
+                    out.setdefault(alias, []).append((reg, opt))
+        return out
 
     @property
     def models(self) -> dict[str, Registration]:
@@ -122,24 +274,41 @@ class PluginHost:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         from . import adapters  # built-in model adapters, registered like any plugin
+        from .builtins import BUILTINS  # built-in stages (schedules, structure guidances): one list
 
         self.pm.register(adapters, name="accdiffusion.adapters")
-        from . import schedules  # built-in schedules (paper, fast), registered like any plugin
-
-        self.pm.register(schedules, name="accdiffusion.schedules")
-        from . import structure  # built-in structure guidances (none, controlnet)
-
-        self.pm.register(structure, name="accdiffusion.structure")
+        self.pm.register(BUILTINS, name="accdiffusion.builtins")
         if entry_points:
             self._load_entry_points()
         for plugin in plugins:
             self.pm.register(plugin)
         self.pm.check_pending()
+        distributions = {self.pm.get_name(plugin): _distribution_name(dist)
+                         for plugin, dist in self.pm.list_plugin_distinfo()}
+        for name in ("accdiffusion.adapters", "accdiffusion.builtins"):
+            distributions[name] = "accdiffusion-core"
         self.registry = Registry()
         for stage, hook_name in _STAGE_HOOKS.items():
             hook = getattr(self.pm.hook, hook_name)
             for impl in hook.get_hookimpls():
-                impl.function(self.registry.registrar(stage, impl.plugin_name))
+                impl.function(self.registry.registrar(stage, impl.plugin_name,
+                                                      distributions.get(impl.plugin_name, "")))
+        self._check_aliases()
+
+    def _check_aliases(self) -> None:
+        """Refuse aliases that clash with a core setting or name options of different types."""
+        from .settings import Settings
+
+        core = {f.name for f in attrs.fields(Settings)}
+        for alias, targets in self.registry.aliases().items():
+            reg, opt = targets[0]
+            if alias in core or alias.replace("-", "_") in core:
+                raise PluginError(f"{reg.source()}: option {reg.name}.{opt.name} declares the alias {alias!r}, "
+                                  "which is a core setting")
+            kinds = {o.spec.type for _, o in targets}
+            if len(kinds) > 1:
+                named = ", ".join(f"{r.name}.{o.name} ({o.spec.type.__name__}, {r.source()})" for r, o in targets)
+                raise PluginError(f"the alias {alias!r} names options of different types: {named}")
 
     def _load_entry_points(self) -> None:
         allow = os.environ.get(ALLOW_ENV)
@@ -161,7 +330,8 @@ class PluginHost:
 
     def create(self, stage: str, name_or_object: Any, settings: Any) -> Any:
         """The stage object for ``name_or_object``: a registered name is built
-        with its factory; any other object is checked against the stage's
+        from its registration with the run's values of its declared options
+        (:meth:`options_for`); any other object is checked against the stage's
         protocol and used as given. Returns ``None`` for global guidance ``none``."""
         if stage not in PROTOCOLS:
             raise PluginError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
@@ -169,16 +339,90 @@ class PluginHost:
             if stage == "global_guidance" and name_or_object == NO_GLOBAL_GUIDANCE:
                 return None
             reg = self.registry.get(stage, name_or_object)
-            obj = reg.target(settings)
-            source = f"{stage} {name_or_object!r} from plugin {reg.plugin!r}"
+            obj = reg.build(settings, self.options_for(stage, name_or_object, settings))
+            source = f"{stage} {name_or_object!r} from {reg.source()}"
         else:
             obj = name_or_object
             source = f"{stage} object {type(obj).__name__}"
         if obj is None and stage == "global_guidance":
             return None
         if not isinstance(obj, PROTOCOLS[stage]):
-            raise PluginError(f"{source} does not implement {PROTOCOLS[stage].__name__}")
+            from .stages import missing_members
+
+            raise PluginError(f"{source} does not implement {PROTOCOLS[stage].__name__} "
+                              f"(missing: {', '.join(missing_members(obj, stage))})")
         return obj
+
+    # -- plugin options ---------------------------------------------------------
+
+    def _option_targets(self, key: str, value: Any) -> list[tuple[Registration, DeclaredOption]]:
+        """What the option ``key`` names: ``NAME.FIELD`` one option of the stage
+        called ``NAME``; an alias every option that declares it. Raises
+        :class:`SettingsError` for a key that names nothing installed."""
+        if "." in key:
+            name, _, field = key.partition(".")
+            regs = self.registry.named(name)
+            if not regs:
+                names = sorted({r.name for r in self.registry.all_stages() if r.declared})
+                raise SettingsError(f"option {key}={value!r}: no installed plugin registers a stage called "
+                                    f"{name!r}; stages with options: {', '.join(names) or '(none)'}")
+            found = [(r, r.option(field)) for r in regs if r.option(field) is not None]
+            if not found:
+                reg = regs[0]
+                fields = ", ".join(o.name for o in reg.declared) or "(it declares none)"
+                raise SettingsError(f"option {key}={value!r}: the {reg.stage} {name!r} from {reg.source()} "
+                                    f"has no option {field!r}; its options: {fields}")
+            return found
+        targets = self.registry.aliases().get(key)
+        if not targets:
+            known = sorted(set(self.registry.aliases()) | {f"{r.name}.{o.name}" for r in self.registry.all_stages()
+                                                             for o in r.declared})
+            raise SettingsError(f"unknown plugin option {key!r}={value!r}; options are NAME.FIELD "
+                                f"(`accdiffusion plugins --options`): {', '.join(known) or '(none installed)'}")
+        return targets
+
+    def options_for(self, stage: str, name: str, settings: Any) -> dict[str, Any]:
+        """The values of the declared options of ``stage`` ``name`` that
+        ``settings.plugin_options`` sets (``NAME.FIELD`` keys and aliases),
+        parsed into each option's type and checked. Raises
+        :class:`SettingsError` naming the plugin, the option, the value and
+        what is allowed; an option set twice (by its key and an alias) is refused."""
+        reg = self.registry.get(stage, name)
+        values: dict[str, Any] = {}
+        given: dict[str, str] = {}
+        for key, raw in dict(getattr(settings, "plugin_options", {}) or {}).items():
+            for target, opt in self._option_targets(key, raw):
+                if target is not reg:
+                    continue
+                if opt.name in given:
+                    raise SettingsError(f"option {reg.name}.{opt.name} is given twice, as {given[opt.name]!r} and "
+                                        f"as {key!r}; give it once")
+                given[opt.name] = key
+                values[opt.name] = _parsed(reg, opt, key, raw)
+        return values
+
+    def check_options(self, settings: Any, selected: Mapping[str, Any]) -> None:
+        """Every entry of ``settings.plugin_options`` checked against the run's
+        stages ``selected`` (stage -> registered name, or a stage object): it
+        must name an installed plugin's option (or alias), that plugin must be
+        selected, and its value must be allowed. Raises :class:`SettingsError`."""
+        chosen = {stage: self.registry.get(stage, name) for stage, name in selected.items()
+                  if isinstance(name, str) and not (stage == "global_guidance" and name == NO_GLOBAL_GUIDANCE)}
+        for key, raw in dict(getattr(settings, "plugin_options", {}) or {}).items():
+            targets = self._option_targets(key, raw)
+            live = [(r, o) for r, o in targets if chosen.get(r.stage) is r]
+            if not live:
+                reg = targets[0][0]
+                for_whom = " or ".join(sorted({f"the {r.stage} {r.name!r}" for r, _ in targets}))
+                current = selected.get(reg.stage)
+                current = current if isinstance(current, str) else f"a {type(current).__name__} object"
+                raise SettingsError(f"option {key}={raw!r} is for {for_whom}, which is not selected (this run's "
+                                    f"{reg.stage} is {current!r}); select it with "
+                                    f"--{reg.stage.replace('_', '-')} {reg.name} or drop the option")
+            for reg, opt in live:
+                _parsed(reg, opt, key, raw)
+        for stage, reg in chosen.items():
+            self.options_for(stage, reg.name, settings)
 
     def adapt(self, pipeline: Any, settings: Any) -> Any:
         """The model adapter that claims ``pipeline``."""
@@ -199,3 +443,46 @@ class PluginHost:
         """Settings the model registered under ``name`` recommends (empty if none or unregistered)."""
         reg = self.registry.models.get(name) if name is not None else None
         return {} if reg is None else dict(reg.defaults)
+
+
+def _distribution_name(dist: Any) -> str:
+    """The project name of a pluggy ``DistFacade``."""
+    for attr in ("project_name", "name"):
+        value = getattr(dist, attr, None)
+        if value:
+            return str(value)
+    return str(dist.metadata["Name"])
+
+
+def _parsed(reg: Registration, opt: DeclaredOption, key: str, raw: Any) -> Any:
+    """``raw`` parsed into the option's type and checked; a :class:`SettingsError`
+    names the plugin, the option, the value and what is allowed."""
+    label = f"option {reg.name}.{opt.name}" + (f" (given as {key!r})" if key != f"{reg.name}.{opt.name}" else "")
+    where = f"the {reg.stage} {reg.name!r} from {reg.source()}"
+    try:
+        value = opt.spec.parse(raw)
+    except ValueError:
+        raise SettingsError(f"{label}={raw!r} of {where} is not allowed: {opt.spec.allowed()}") from None
+    reason = opt.spec.check(value)
+    if reason is not None:
+        raise SettingsError(f"{label}={raw!r} of {where} is not allowed: {reason}")
+    return value
+
+
+def option_flags(registry: Registry) -> list[tuple[str, str, list[tuple[Registration, DeclaredOption]]]]:
+    """The command-line flags derived from the declared options: ``(flag, key,
+    targets)`` with ``key`` the ``plugin_options`` key the flag sets
+    (``NAME.FIELD`` for ``--name-field``, the alias for an alias flag)."""
+    out = []
+    seen = set()
+    for reg in registry.all_stages():
+        for opt in reg.declared:
+            flag = flag_name(reg.name, opt.name)
+            seen.add(flag)
+            out.append((flag, f"{reg.name}.{opt.name}", [(reg, opt)]))
+    for alias, targets in sorted(registry.aliases().items()):
+        flag = "--" + alias.replace("_", "-")
+        if flag not in seen:
+            seen.add(flag)
+            out.append((flag, alias, targets))
+    return out

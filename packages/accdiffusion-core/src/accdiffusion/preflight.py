@@ -186,9 +186,10 @@ def available_memory(device: str) -> Optional[int]:
 
 def estimate(settings: Settings, plan: Plan, schedules: Sequence[PhaseSchedule], *, device: str = "cpu",
              folder: Optional[str] = None, latent_channels: int = 4, local: bool = True,
-             global_path: bool = True) -> Estimate:
+             global_path: bool = True, controlnet: Optional[str] = None) -> Estimate:
     """The cost of ``settings`` on ``plan`` with ``schedules``; memory from the
-    configs and weight files of the local diffusers ``folder`` (when given)."""
+    configs and weight files of the local diffusers ``folder`` (when given),
+    plus those of a local ``controlnet`` folder (structure guidance)."""
     path = Path(folder) if folder is not None and Path(folder).is_dir() else None
     phases = phase_costs(settings, plan, schedules, local=local, global_path=global_path)
     dtype_bytes = _DTYPE_BYTES[settings.dtype]
@@ -196,8 +197,7 @@ def estimate(settings: Settings, plan: Plan, schedules: Sequence[PhaseSchedule],
     unet_width = int((unet_cfg.get("block_out_channels") or [320])[0])
     vae_width = int((vae_cfg.get("block_out_channels") or [128])[0])
     weights = _weights_bytes(path, settings.dtype)
-    controlnet = getattr(settings, "controlnet", None)
-    if getattr(settings, "structure_guidance", "none") != "none" and controlnet and Path(controlnet).is_dir():
+    if controlnet and Path(controlnet).is_dir():
         weights += _weights_bytes(Path(controlnet), settings.dtype)  # a ControlNet is about half a UNet more
     if settings.offload == "model":
         weights = weights // 2  # one component at a time; the UNet is the larger half or more

@@ -277,9 +277,10 @@ class Sampler:
         if unknown:
             raise PluginError(f"unknown stage(s) {sorted(unknown)}; stages are {', '.join(STAGES)}")
         host = host or PluginHost()
+        selected = {stage: stages.get(stage, getattr(settings, stage)) for stage in STAGES}
+        host.check_options(settings, selected)
         objs, names = {}, {}
-        for stage in STAGES:
-            chosen = stages.get(stage, getattr(settings, stage))
+        for stage, chosen in selected.items():
             objs[stage] = host.create(stage, chosen, settings)
             names[stage] = chosen if isinstance(chosen, str) else f"<{type(chosen).__name__}>"
         return cls(host.adapt(pipeline, settings), stage_names=names, executor=executor, **objs)
@@ -321,9 +322,8 @@ class Sampler:
         uncond = a.encode_negative(settings.prompt, settings.negative_prompt)
         executor = self.executor_factory(a, uncond, (plan.height, plan.width), settings.view_batch_size,
                                          {settings.prompt: cond})
-        needs_attention = bool(getattr(self.prompt_decomposer, "needs_attention", False)) and plan.factor > 1
-        fixed = bool(getattr(self.prompt_decomposer, "fixed_windows",
-                             getattr(self.prompt_decomposer, "needs_attention", False)))
+        needs_attention = bool(self.prompt_decomposer.needs_attention) and plan.factor > 1
+        fixed = bool(self.prompt_decomposer.fixed_windows)
         return RunState(settings=settings, plan=plan, seed=seed, generator=torch.Generator("cpu").manual_seed(seed),
                         device=a.device, base_scheduler=base, num_train_timesteps=int(base.config.num_train_timesteps),
                         cond=cond, uncond=uncond, executor=executor, schedules=schedules,
@@ -369,11 +369,10 @@ class Sampler:
         bar.close()
         if settings.save_stages:
             stage_images.append((run.plan.factor, image))
-        pictures = getattr(self.structure_guidance, "pictures", None)
         return Result(image=image, latents=z.cpu(), seed=run.seed, plan=run.plan, phases=tuple(phases),
                       attention=first.attention, stage_images=tuple(stage_images), warnings=tuple(warnings),
                       prompt_decomposer=self.prompt_decomposer, schedules=run.schedules,
-                      control_images=tuple(pictures()) if callable(pictures) else ())
+                      control_images=() if self.structure_guidance is None else tuple(self.structure_guidance.pictures()))
 
     # -- phase 1 -------------------------------------------------------------------
 
@@ -454,7 +453,7 @@ class Sampler:
         generator), its patch prompts, their rows, crops and overlap count."""
         plan, settings, a = run.plan, run.settings, self.adapter
         h, w = phase.size
-        layout = self.tiler.layout(h, w, plan.window, plan.stride, run.generator if settings.jitter else None)
+        layout = self.tiler.layout(h, w, plan.window, plan.stride, run.generator)
         prompts = self.prompt_decomposer.decompose(DecomposeRequest(
             prompt=settings.prompt, layout=layout, scale=phase.scale, attention=phase.attention,
             low_res_image=phase.low_res_image))
@@ -515,8 +514,8 @@ class Sampler:
                                       cosine_factor=cos_f, guidance_scale=settings.guidance_scale,
                                       denoise=functools.partial(self._denoise_views, run, sched, t),
                                       generator=run.generator)
-            if hasattr(self.global_guidance, "views"):
-                gv = self.global_guidance.views(request)
+            gv = self.global_guidance.views(request)
+            if gv is not None:
                 groups.append(self._global_group(run, gv.batch))
                 assemble = gv.assemble
             else:

@@ -4,8 +4,8 @@ A schedule decides, once per run and before any UNet work, how each
 upscaling phase runs (:class:`~accdiffusion.types.PhaseSchedule`): the number
 of scheduler steps, the index of the timestep it starts from (the upscaled
 latents are noise-inverted to that timestep instead of to ``T``) and
-whether the skip residual applies. Both are registered through the
-``accdiffusion_register_schedules`` hook exactly like a plugin's schedule.
+whether the skip residual applies. Both are registered from the core's
+registration list (:mod:`accdiffusion.builtins`) exactly like a plugin's schedule.
 
 * ``paper``: DemoFusion / AccDiffusion as published: every upscaling phase
   runs the run's ``steps`` from the noisiest timestep, skip residual on.
@@ -23,21 +23,22 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import attrs
+
 from .errors import PluginError
-from .plugins import hookimpl
+from .options import option
 from .types import PhaseSchedule, ScheduleRequest
 
 
+@attrs.frozen
 class PaperSchedule:
     """Every upscaling phase: ``steps`` timesteps from the noisiest, skip residual on."""
-
-    def __repr__(self) -> str:
-        return "PaperSchedule()"
 
     def plan(self, request: ScheduleRequest) -> tuple[PhaseSchedule, ...]:
         return tuple(PhaseSchedule(steps=request.steps, start=0, skip_residual=True) for _ in request.scales)
 
 
+@attrs.frozen
 class FastSchedule:
     """Each upscaling phase starts ``start_fraction`` of the way down its schedule.
 
@@ -47,47 +48,14 @@ class FastSchedule:
     ``skip_residual``: keep DemoFusion's skip residual in the phases.
     """
 
-    def __init__(self, *, start_fraction: float = 0.7, skip_residual: bool = True) -> None:
-        if not (isinstance(start_fraction, (int, float)) and 0 <= start_fraction < 1):
-            raise PluginError(f"schedule 'fast': start_fraction={start_fraction!r} is not allowed: a number in [0, 1)")
-        self.start_fraction = float(start_fraction)
-        self.skip_residual = bool(skip_residual)
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> "FastSchedule":
-        """``plugin_options`` ``fast.start_fraction`` and ``fast.skip_residual`` override the defaults."""
-        opts = dict(getattr(settings, "plugin_options", {}) or {})
-        kwargs: dict[str, Any] = {}
-        if "fast.start_fraction" in opts:
-            raw = opts["fast.start_fraction"]
-            try:
-                kwargs["start_fraction"] = float(raw)
-            except (TypeError, ValueError):
-                raise PluginError(f"schedule 'fast': fast.start_fraction={raw!r} is not allowed: "
-                                  "a number in [0, 1)") from None
-        if "fast.skip_residual" in opts:
-            raw = str(opts["fast.skip_residual"]).lower()
-            if raw not in ("true", "false", "1", "0"):
-                raise PluginError(f"schedule 'fast': fast.skip_residual={opts['fast.skip_residual']!r} "
-                                  "is not allowed: true or false")
-            kwargs["skip_residual"] = raw in ("true", "1")
-        return cls(**kwargs)
-
-    def __repr__(self) -> str:
-        return f"FastSchedule(start_fraction={self.start_fraction}, skip_residual={self.skip_residual})"
+    start_fraction: float = option(0.7, minimum=0.0, maximum=1.0, max_exclusive=True,
+                                   help="share of each upscaling phase's timesteps skipped at its start")
+    skip_residual: bool = option(True, help="keep DemoFusion's skip residual in the upscaling phases")
 
     def plan(self, request: ScheduleRequest) -> tuple[PhaseSchedule, ...]:
         n = request.steps
         start = min(n - 1, math.ceil(self.start_fraction * n - 1e-9))
         return tuple(PhaseSchedule(steps=n, start=start, skip_residual=self.skip_residual) for _ in request.scales)
-
-
-@hookimpl
-def accdiffusion_register_schedules(register) -> None:
-    register("paper", lambda settings: PaperSchedule(),
-             "DemoFusion/AccDiffusion as published: every phase from pure noise, all steps")
-    register("fast", FastSchedule.from_settings,
-             "each upscaling phase starts 70% of the way down its schedule: at most 30% of its steps")
 
 
 def validate_schedule(phases: Any, request: ScheduleRequest, source: str) -> tuple[PhaseSchedule, ...]:

@@ -66,8 +66,8 @@ def _string(name: str):
 
 
 def _options_dict(value: Any) -> dict:
-    _check(isinstance(value, Mapping) and all(isinstance(k, str) for k in value), "plugin_options", value,
-           "a mapping of option names (strings) to values")
+    _check(isinstance(value, Mapping) and all(isinstance(k, str) and k for k in value), "plugin_options", value,
+           "a mapping of option keys (NAME.FIELD, or an alias such as 'c') to values")
     return dict(value)
 
 
@@ -85,9 +85,13 @@ def _stage_name(name: str):
     return check
 
 
-def _threshold(_inst, _attr, value):
-    _check(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1, "c", value,
-           "a number strictly between 0 and 1")
+def check_stride(value: Any, window: Optional[int] = None) -> int:
+    """``value`` if it is a valid local-window stride (an integer >= 1, and at
+    most ``window`` once the model's window is known), else :class:`SettingsError`."""
+    limit = "at most the window size" if window is None else f"at most the window size {window}"
+    _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1 and (window is None or value <= window),
+           "stride", value, f"an integer >= 1 (latent pixels), {limit} latent px")
+    return value
 
 
 def parse_lora(entry: Any) -> tuple[str, float]:
@@ -122,8 +126,12 @@ class Settings:
 
     Sizes are in image pixels; ``height``/``width`` default to ``scale`` times
     the model's native size. ``seed=None`` draws a seed, which the run record
-    keeps. Stage fields name registered plugins; ``plugin_options`` carries
-    free-form ``key=value`` options for third-party stages.
+    keeps. Stage fields name registered plugins; ``plugin_options`` holds the
+    options of the selected plugins, ``{"NAME.FIELD": value}`` or an alias a
+    plugin declares (``{"c": 0.5}``), checked by the plugin host against
+    the options each plugin declares (``accdiffusion plugins --options``).
+    Stage knobs (the patch-prompt threshold ``c``, ``sigma``, ``jitter``, ...)
+    belong to their plugins, not to these settings.
     """
 
     prompt: str = attrs.field(validator=_string("prompt"))
@@ -135,18 +143,13 @@ class Settings:
     seed: Optional[int] = attrs.field(default=None)
     guidance_scale: float = attrs.field(default=7.5, validator=_nonneg_float("guidance_scale"))
     multi_guidance_scale: float = attrs.field(default=7.5, validator=_nonneg_float("multi_guidance_scale"))
-    c: float = attrs.field(default=0.3, validator=_threshold)
     stride: Optional[int] = attrs.field(default=None)
     view_batch_size: int = attrs.field(default=16, validator=_positive_int("view_batch_size"))
     cosine_scale_1: float = attrs.field(default=3.0, validator=_nonneg_float("cosine_scale_1"))
     cosine_scale_2: float = attrs.field(default=1.0, validator=_nonneg_float("cosine_scale_2"))
-    cosine_scale_3: float = attrs.field(default=1.0, validator=_nonneg_float("cosine_scale_3"))
-    sigma: float = attrs.field(default=0.8, validator=_nonneg_float("sigma"))
     progressive: bool = attrs.field(default=True, validator=_boolean("progressive"))
     skip_residual: bool = attrs.field(default=True, validator=_boolean("skip_residual"))
     local_path: bool = attrs.field(default=True, validator=_boolean("local_path"))
-    jitter: bool = attrs.field(default=True, validator=_boolean("jitter"))
-    gaussian_smoothing: bool = attrs.field(default=True, validator=_boolean("gaussian_smoothing"))
     scheduler: str = attrs.field(default="default", validator=_choice("scheduler", SCHEDULERS))
     prompt_decomposer: str = attrs.field(default="cross_attention", validator=_stage_name("prompt_decomposer"))
     tiler: str = attrs.field(default="sliding_window", validator=_stage_name("tiler"))
@@ -154,12 +157,6 @@ class Settings:
     upscaler: str = attrs.field(default="bicubic_latent", validator=_stage_name("upscaler"))
     schedule: str = attrs.field(default="paper", validator=_stage_name("schedule"))
     structure_guidance: str = attrs.field(default="none", validator=_stage_name("structure_guidance"))
-    controlnet: Optional[str] = attrs.field(default=None)
-    control_image: Optional[str] = attrs.field(default=None)
-    canny_sigma: float = attrs.field(default=0.33)
-    controlnet_scale: float = attrs.field(default=0.5, validator=_nonneg_float("controlnet_scale"))
-    controlnet_start: float = attrs.field(default=0.0)
-    controlnet_end: float = attrs.field(default=1.0)
     lora: tuple[str, ...] = attrs.field(default=(), converter=lambda v: _lora_entries(v))
     attention_factor: int = attrs.field(default=4, validator=_positive_int("attention_factor"))
     attention_strength: float = attrs.field(default=0.3)
@@ -170,7 +167,7 @@ class Settings:
     max_phases: int = attrs.field(default=16, validator=_positive_int("max_phases"))
     max_unet_evaluations: int = attrs.field(default=500_000, validator=_positive_int("max_unet_evaluations"))
     max_memory_gb: Optional[float] = attrs.field(default=None)
-    plugin_options: Mapping[str, str] = attrs.field(factory=dict, converter=lambda m: _options_dict(m))
+    plugin_options: Mapping[str, Any] = attrs.field(factory=dict, converter=lambda m: _options_dict(m))
 
     @seed.validator
     def _seed(self, _attr, value):
@@ -187,26 +184,7 @@ class Settings:
     @stride.validator
     def _stride(self, _attr, value):
         if value is not None:
-            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                   "stride", value, "an integer >= 1 (latent pixels), at most the window size")
-
-    @controlnet.validator
-    @control_image.validator
-    def _optional_location(self, attr, value):
-        if value is not None:
-            _check(isinstance(value, str) and value.strip() != "", attr.name, value,
-                   "a path (or, for controlnet, a hub id) or None")
-
-    @canny_sigma.validator
-    def _canny_sigma(self, _attr, value):
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1,
-               "canny_sigma", value, "a number in [0, 1] (canny thresholds at (1 -/+ sigma) x the median intensity)")
-
-    @controlnet_start.validator
-    @controlnet_end.validator
-    def _control_fraction(self, attr, value):
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1,
-               attr.name, value, "a number in [0, 1] (a fraction of the phase's steps)")
+            check_stride(value)
 
     @attention_strength.validator
     def _strength(self, _attr, value):
@@ -215,9 +193,6 @@ class Settings:
                "a number in (0, 1]")
 
     def __attrs_post_init__(self) -> None:
-        if self.controlnet_start >= self.controlnet_end:
-            raise SettingsError(f"controlnet_start={self.controlnet_start!r} with controlnet_end="
-                                f"{self.controlnet_end!r} is not allowed: start must be below end")
         if not self.local_path and self.global_guidance == "none":
             raise SettingsError("local_path=False with global_guidance='none' leaves nothing to sample: "
                                 "keep the local path or choose a global guidance")
@@ -274,8 +249,7 @@ def plan_sizes(settings: Settings, native: int, vae_scale_factor: int) -> Plan:
             f"max_phases={settings.max_phases}; ask for a smaller size or scale, use a model with a larger native "
             f"size, --no-progressive, or raise --max-phases")
     window = native // vae_scale_factor
-    stride = settings.stride if settings.stride is not None else window // 2
-    _check(stride <= window, "stride", stride, f"at most the window size {window} latent px")
+    stride = check_stride(settings.stride, window) if settings.stride is not None else window // 2
     lat_h, lat_w = height // vae_scale_factor, width // vae_scale_factor
     if settings.progressive:
         scales = tuple(range(1, factor + 1))

@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional, Protocol, runtime_checkable
 import torch
 
 from .types import (
+    AttentionMaps,
     ControlViews,
     DecomposeRequest,
     GlobalViews,
@@ -42,13 +43,33 @@ STAGES: tuple[str, ...] = ("prompt_decomposer", "tiler", "global_guidance", "ups
 
 @runtime_checkable
 class PromptDecomposer(Protocol):
-    """Gives every local window its own prompt."""
+    """Gives every local window its own prompt.
 
-    #: Whether phase 1 must record cross-attention maps for this decomposer.
+    Everything the sampler relies on is declared here (class attributes are
+    enough for the two flags):
+
+    * ``needs_attention``: phase 1 records cross-attention maps for this
+      decomposer (``DecomposeRequest.attention`` is then set when the run
+      upscales).
+    * ``fixed_windows``: the local windows are laid out once per upscaling
+      phase, so that each keeps its prompt for the whole phase; ``False``
+      re-tiles them at every step (DemoFusion's jitter drawn anew each step),
+      calling :meth:`decompose` for each new layout.
+    * :meth:`word_masks`: what the decomposer can show as pictures: one mask
+      per word of the attention maps, or ``None`` for nothing to show.
+    """
+
     needs_attention: bool
+    fixed_windows: bool
 
     def decompose(self, request: DecomposeRequest) -> PatchPrompts:
         """One prompt per window of ``request.layout``, in window order."""
+        ...
+
+    def word_masks(self, attention: AttentionMaps) -> Optional[torch.Tensor]:
+        """Bool ``(n_words, h_a, w_a)`` masks of the words of ``attention`` as
+        this decomposer sees them (drawn under the attention maps in the run
+        folder's pictures), or ``None``."""
         ...
 
 
@@ -65,7 +86,11 @@ class Tiler(Protocol):
         generator: Optional[torch.Generator],
     ) -> WindowLayout:
         """Windows of ``window x window`` (clipped to the canvas where it is
-        smaller) covering every pixel of a ``height x width`` latent canvas."""
+        smaller) covering every pixel of a ``height x width`` latent canvas.
+
+        ``generator`` is the run's generator (``None`` outside a run): a
+        tiler that moves its windows at random draws from it, and only
+        then; coordinates are on the canvas padded by ``layout.pad``."""
         ...
 
 
@@ -77,18 +102,11 @@ class GlobalGuidance(Protocol):
         """Guided model output with the shape of ``request.latents``."""
         ...
 
-
-class BatchedGlobalGuidance(GlobalGuidance, Protocol):
-    """A global guidance that can hand its views to the sampler instead of
-    calling ``request.denoise`` itself (optional; checked with ``hasattr``).
-
-    The sampler then evaluates them in the same UNet batches as the step's
-    local windows. ``views(request)`` must draw from ``request.generator``
-    exactly what ``predict`` would, so both give the same output.
-    """
-
-    def views(self, request: GuidanceRequest) -> GlobalViews:
-        """The views of this step and how to assemble their outputs."""
+    def views(self, request: GuidanceRequest) -> Optional[GlobalViews]:
+        """The views of this step and how to assemble their outputs, so that
+        the sampler evaluates them in the same UNet batches as the step's
+        local windows; or ``None``, and the sampler calls :meth:`predict`.
+        Must draw from ``request.generator`` exactly what ``predict`` would."""
         ...
 
 
@@ -140,6 +158,11 @@ class StructureGuidance(Protocol):
         """Control for each window of ``request.layout``, or ``None`` for none."""
         ...
 
+    def pictures(self) -> tuple:
+        """``(scale, PIL image)`` pairs of the control images used so far
+        (written to the run folder's ``control/``); empty for none."""
+        ...
+
 
 #: A factory registered for a stage: builds the stage object from the run's settings.
 StageFactory = Callable[["object"], object]
@@ -152,3 +175,12 @@ PROTOCOLS: dict[str, type] = {
     "schedule": Schedule,
     "structure_guidance": StructureGuidance,
 }
+
+
+def missing_members(obj: Any, stage: str) -> list[str]:
+    """The members of ``stage``'s protocol that ``obj`` lacks (for error messages)."""
+    import typing
+
+    protocol = PROTOCOLS[stage]
+    members = sorted(getattr(protocol, "__protocol_attrs__", None) or typing._get_protocol_attrs(protocol))
+    return [m for m in members if not hasattr(obj, m)]

@@ -27,8 +27,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import attrs
+
 from .errors import SettingsError
-from .plugins import hookimpl
+from .options import option
 from .types import ControlViews, StructureRequest
 
 #: The common "auto canny" width: thresholds at (1 -/+ 0.33) x the median intensity.
@@ -103,11 +105,9 @@ def window_crops(control: torch.Tensor, request: StructureRequest) -> torch.Tens
     return torch.stack([padded[:, w.top * v:w.bottom * v, w.left * v:w.right * v] for w in request.layout.windows])
 
 
+@attrs.frozen
 class NoStructureGuidance:
     """No extra conditioning: the local windows' UNet calls are unchanged."""
-
-    def __repr__(self) -> str:
-        return "NoStructureGuidance()"
 
     def prepare(self, adapter: Any) -> None:
         pass
@@ -115,92 +115,97 @@ class NoStructureGuidance:
     def control(self, request: StructureRequest) -> Optional[ControlViews]:
         return None
 
+    def pictures(self) -> tuple[tuple[int, Image.Image], ...]:
+        """No control images."""
+        return ()
 
+
+@attrs.frozen
 class ControlNetGuidance:
     """AccDiffusion v2's structure guidance: a ControlNet on each local window.
 
-    ``controlnet``: a diffusers ``ControlNetModel`` folder or hub id (loaded by
+    ``model``: a diffusers ``ControlNetModel`` folder or hub id (loaded by
     :meth:`prepare` in the model's dtype, on its device, and checked against
-    its UNet), or a loaded model; ``None`` is refused by :meth:`prepare`,
-    before any UNet work. ``control_image``: a path to a control image
-    used for every phase instead of the previous phase's edges.
+    its UNet); ``None`` is refused by :meth:`prepare`, before any UNet work.
+    ``image``: a path to a control image used for every phase instead of the
+    previous phase's edges (read when the object is built).
     ``canny_sigma``: the canny thresholds' width around the median intensity.
     ``scale``, ``start``, ``end``: conditioning scale and the fractions of
-    each phase's steps during which it applies.
+    each phase's steps during which it applies. A loaded model can be given
+    with :meth:`with_model`.
     """
 
-    def __init__(self, controlnet: Any, *, control_image: Optional[str] = None,
-                 canny_sigma: float = DEFAULT_CANNY_SIGMA, scale: float = 0.5,
-                 start: float = 0.0, end: float = 1.0) -> None:
-        self.location = controlnet if isinstance(controlnet, str) else None
-        self.model = None if isinstance(controlnet, str) else controlnet
-        self.control_image = None
-        if control_image is not None:
+    model: Optional[str] = option(None, type=str, optional=True, aliases=("controlnet",),
+                                  help="a diffusers ControlNetModel folder or hub id of the model's family")
+    image: Optional[str] = option(None, type=str, optional=True, aliases=("control_image",),
+                                  help="this control image (resized to each phase) instead of the previous "
+                                       "phase's canny edges")
+    canny_sigma: float = option(DEFAULT_CANNY_SIGMA, minimum=0.0, maximum=1.0, aliases=("canny_sigma",),
+                                help="canny thresholds at (1 -/+ this) x the median intensity of the previous "
+                                     "phase's image")
+    scale: float = option(0.5, minimum=0.0, help="conditioning scale of the ControlNet's residuals")
+    start: float = option(0.0, minimum=0.0, maximum=1.0, help="fraction of each phase's steps before it starts")
+    end: float = option(1.0, minimum=0.0, maximum=1.0, help="fraction of each phase's steps after which it stops")
+    _state: dict = attrs.field(factory=dict, init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.start >= self.end:
+            raise SettingsError(f"start={self.start!r} with end={self.end!r} is not allowed: start must be below end")
+        self._state.update(net=None, phase={}, pictures={}, image=None)
+        if self.image is not None:
             from .api import load_image
 
             try:
-                self.control_image = load_image(control_image)
+                self._state["image"] = load_image(self.image)
             except SettingsError as exc:
-                raise SettingsError(f"control_image={control_image!r} cannot be used: "
-                                    f"{str(exc).partition(': ')[2] or exc}; allowed: a readable image file "
-                                    "(PNG, JPEG, ...)") from None
-        self.canny_sigma = float(canny_sigma)
-        self.scale = float(scale)
-        self.start = float(start)
-        self.end = float(end)
-        self._phase: dict[int, torch.Tensor] = {}
-        self._pictures: dict[int, Image.Image] = {}
+                raise SettingsError(f"image={self.image!r} is not allowed: {str(exc).partition(': ')[2] or exc}; "
+                                    "allowed: a readable image file (PNG, JPEG, ...)") from None
 
-    @classmethod
-    def from_settings(cls, settings: Any) -> "ControlNetGuidance":
-        return cls(settings.controlnet, control_image=settings.control_image, canny_sigma=settings.canny_sigma,
-                   scale=settings.controlnet_scale, start=settings.controlnet_start, end=settings.controlnet_end)
+    def with_model(self, controlnet: Any) -> "ControlNetGuidance":
+        """This guidance with an already loaded ControlNet (checked in :meth:`prepare`)."""
+        self._state["net"] = controlnet
+        return self
 
-    def __repr__(self) -> str:
-        return (f"ControlNetGuidance({self.location or type(self.model).__name__!r}, scale={self.scale}, "
-                f"canny_sigma={self.canny_sigma}, start={self.start}, end={self.end})")
+    @property
+    def controlnet(self) -> Any:
+        """The loaded ControlNet (``None`` before :meth:`prepare`)."""
+        return self._state["net"]
 
     def prepare(self, adapter: Any) -> None:
         """Load the ControlNet (once) and check it against ``adapter``'s UNet."""
         from .loading import check_controlnet, load_controlnet
 
-        if self.model is None and self.location is None:
+        net = self._state["net"]
+        if net is None and self.model is None:
             raise SettingsError("structure_guidance='controlnet' needs a ControlNet: --controlnet PATH_OR_ID "
                                 "(a diffusers ControlNetModel folder or hub id matching the model's family)")
-        if self.model is None:
-            self.model = load_controlnet(self.location, adapter.dtype, adapter.device, unet=adapter.unet,
-                                         vae_scale_factor=adapter.vae_scale_factor)
+        if net is None:
+            self._state["net"] = load_controlnet(self.model, adapter.dtype, adapter.device, unet=adapter.unet,
+                                                 vae_scale_factor=adapter.vae_scale_factor)
         else:
-            check_controlnet(dict(self.model.config), dict(adapter.unet.config), adapter.vae_scale_factor,
-                             type(self.model).__name__)
-        self._phase.clear()
-        self._pictures.clear()
+            check_controlnet(dict(net.config), dict(adapter.unet.config), adapter.vae_scale_factor,
+                             type(net).__name__)
+        self._state["phase"].clear()
+        self._state["pictures"].clear()
 
     def phase_control(self, request: StructureRequest) -> torch.Tensor:
         """The phase's whole control image ``(3, H, W)`` in ``[0, 1]`` (made once per phase)."""
-        if request.scale not in self._phase:
+        phase, pictures = self._state["phase"], self._state["pictures"]
+        if request.scale not in phase:
             h, w = (n * request.vae_scale_factor for n in request.latent_size)
-            if self.control_image is not None:
-                picture = self.control_image.resize((w, h), Image.BICUBIC)
+            if self._state["image"] is not None:
+                picture = self._state["image"].resize((w, h), Image.BICUBIC)
             else:
                 source = request.previous_image().convert("RGB").resize((w, h), Image.BICUBIC)
                 picture = auto_canny(source, self.canny_sigma)
-            self._pictures[request.scale] = picture
-            self._phase[request.scale] = image_tensor(picture)
-        return self._phase[request.scale]
+            pictures[request.scale] = picture
+            phase[request.scale] = image_tensor(picture)
+        return phase[request.scale]
 
     def control(self, request: StructureRequest) -> Optional[ControlViews]:
         crops = window_crops(self.phase_control(request), request)
-        return ControlViews(crops, self.model, self.scale, self.start, self.end)
+        return ControlViews(crops, self._state["net"], self.scale, self.start, self.end)
 
     def pictures(self) -> tuple[tuple[int, Image.Image], ...]:
         """The control image of each phase so far, by scale."""
-        return tuple(sorted(self._pictures.items()))
-
-
-@hookimpl
-def accdiffusion_register_structure_guidances(register) -> None:
-    register("none", lambda settings: NoStructureGuidance(),
-             "no extra conditioning of the local windows (AccDiffusion v1)")
-    register("controlnet", ControlNetGuidance.from_settings,
-             "AccDiffusion v2: a ControlNet on the previous phase's canny edges, per local window (--controlnet)")
+        return tuple(sorted(self._state["pictures"].items()))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pluggy
+from accdiffusion.plugins import StageEntry, StagePlugin
 
-hookimpl = pluggy.HookimplMarker("accdiffusion")
+from accdiffusion_shapes import default_model_path
 
 #: Settings this model is meant to run with: 4x its 32 px native size, the
 #: guidance scale it was evaluated with, and an empty negative prompt (it was
@@ -12,12 +12,7 @@ hookimpl = pluggy.HookimplMarker("accdiffusion")
 #: words, so the default negative prompt would mean nothing to it).
 RECOMMENDED = {"scale": 4, "steps": 20, "guidance_scale": 4.0, "multi_guidance_scale": 4.0, "negative_prompt": ""}
 
-
-@hookimpl
-def accdiffusion_register_models(register):
-    """Register the shapes-world model as ``shapes`` (the default model)."""
-    from accdiffusion_shapes import default_model_path
-
-    register("shapes", str(default_model_path()),
-             description="shapes-world text-to-image model, 32x32 px native, pixel space",
-             defaults=RECOMMENDED)
+plugin = StagePlugin([
+    StageEntry("model", "shapes", str(default_model_path()),
+               "shapes-world text-to-image model, 32x32 px native, pixel space", defaults=RECOMMENDED),
+])

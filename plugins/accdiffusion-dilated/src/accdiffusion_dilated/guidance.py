@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
+import attrs
 import torch
 import torch.nn.functional as F
 from accdiffusion import GuidanceRequest, ViewBatchRequest
+from accdiffusion.options import option
 from accdiffusion.types import GlobalViews
 
 
@@ -112,6 +114,7 @@ def invert_permutation(out: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(out).scatter_(0, perm.to(out.device), out)
 
 
+@attrs.frozen
 class DilatedGuidance:
     """The ``dilated`` global guidance: DemoFusion's dilated sampling.
 
@@ -120,26 +123,12 @@ class DilatedGuidance:
     ``gaussian_smoothing``: smooth the latents the UNet sees.
     """
 
-    def __init__(self, *, sigma: float = 0.8, cosine_scale_3: float = 1.0, gaussian_smoothing: bool = True) -> None:
-        self.sigma = float(sigma)
-        self.cosine_scale_3 = float(cosine_scale_3)
-        self.gaussian_smoothing = gaussian_smoothing
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> "DilatedGuidance":
-        """The stage for a run: ``sigma``, ``cosine_scale_3`` and
-        ``gaussian_smoothing`` from the settings of the same names."""
-        return cls(
-            sigma=settings.sigma,
-            cosine_scale_3=settings.cosine_scale_3,
-            gaussian_smoothing=settings.gaussian_smoothing,
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(sigma={self.sigma}, cosine_scale_3={self.cosine_scale_3}, "
-            f"gaussian_smoothing={self.gaussian_smoothing})"
-        )
+    sigma: float = option(0.8, minimum=0.0, aliases=("sigma",),
+                          help="Gaussian smoothing sigma of the dilated path")
+    cosine_scale_3: float = option(1.0, minimum=0.0, aliases=("cosine_scale_3",),
+                                   help="Gaussian-smoothing exponent cs3")
+    gaussian_smoothing: bool = option(True, aliases=("gaussian_smoothing",),
+                                      help="Gaussian smoothing of the dilated path's input")
 
     def permutation(
         self, shape: torch.Size, generator: Optional[torch.Generator], device: Optional[torch.device] = None
@@ -179,6 +168,7 @@ class DilatedGuidance:
         return gv.assemble(request.denoise(gv.batch))
 
 
+@attrs.frozen
 class WindowInteractionGuidance(DilatedGuidance):
     """The ``window_interaction`` global guidance: AccDiffusion's dilated sampling
     with window interaction (sec. 3.3).

@@ -1,25 +1,13 @@
-"""Registers the ``window_interaction`` and ``dilated`` global guidances with accdiffusion."""
+"""The ``window_interaction`` and ``dilated`` global guidances, as one registration list."""
 
 from __future__ import annotations
 
-from typing import Callable
-
-import accdiffusion
+from accdiffusion.plugins import StageEntry, StagePlugin
 
 from .guidance import DilatedGuidance, WindowInteractionGuidance
 
-
-@accdiffusion.hookimpl
-def accdiffusion_register_global_guidances(register: Callable[..., None]) -> None:
-    """Register :class:`WindowInteractionGuidance` and :class:`DilatedGuidance`."""
-    register(
-        "window_interaction",
-        WindowInteractionGuidance.from_settings,
-        description="AccDiffusion dilated sampling with window interaction "
-        "(options: sigma, cosine_scale_3, gaussian_smoothing)",
-    )
-    register(
-        "dilated",
-        DilatedGuidance.from_settings,
-        description="DemoFusion dilated sampling (options: sigma, cosine_scale_3, gaussian_smoothing)",
-    )
+plugin = StagePlugin([
+    StageEntry("global_guidance", "window_interaction", WindowInteractionGuidance,
+               "AccDiffusion dilated sampling with window interaction"),
+    StageEntry("global_guidance", "dilated", DilatedGuidance, "DemoFusion dilated sampling"),
+])

@@ -21,11 +21,11 @@ All words and windows are handled at once with tensor operations.
 
 from __future__ import annotations
 
-from typing import Any
-
+import attrs
 import torch
 import torch.nn.functional as F
-from accdiffusion import AttentionMaps, DecomposeRequest, PatchPrompts, SettingsError, WindowLayout
+from accdiffusion import AttentionMaps, DecomposeRequest, PatchPrompts, WindowLayout
+from accdiffusion.options import option
 
 
 def binarize(maps: torch.Tensor) -> torch.Tensor:
@@ -103,8 +103,6 @@ def window_map_bounds(layout: WindowLayout, latent_per_map: int, map_height: int
 #: How a border window's word fraction is measured (see :func:`word_window_fractions`).
 BORDERS = ("window", "clipped")
 
-_FLAGS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
-
 
 def window_map_area(layout: WindowLayout, latent_per_map: int) -> torch.Tensor:
     """Each window's whole area in map pixels, ``(K,)`` int64: its unclipped
@@ -155,14 +153,73 @@ def word_window_fractions(
     return sums.to(torch.float64) / area.to(torch.float64)
 
 
-class CrossAttentionDecomposer:
+def masks_to_prompts(masks: torch.Tensor, words: tuple[str, ...], layout: WindowLayout, scale: int,
+                     latent_per_map: int, threshold: float, border: str = "window") -> PatchPrompts:
+    """The patch-prompt rule (eq. 8) shared by every mask-based decomposer:
+    window ``k`` keeps word ``j`` iff ``masks[j]`` covers at least
+    ``threshold`` of it (:func:`word_window_fractions` with ``border``); the
+    kept words, in prompt order, joined by single spaces (possibly empty).
+    ``masks``: bool ``(len(words), h_a, w_a)``."""
+    if masks.shape[0] != len(words):
+        raise ValueError(f"{masks.shape[0]} masks for {len(words)} words")
+    fractions = word_window_fractions(masks, layout, scale, latent_per_map, border)
+    keep = (fractions >= threshold).T.tolist()
+    kept = tuple(tuple(word for word, k in zip(words, row) if k) for row in keep)
+    return PatchPrompts(tuple(" ".join(w) for w in kept), kept)
+
+
+@attrs.frozen
+class MaskDecomposer:
+    """Base of the decomposers that give words to windows through one mask per
+    word (``cross_attention``, ``sam``): subclasses say where the masks come
+    from (:meth:`request_masks`); the rule from masks to prompts is
+    :func:`masks_to_prompts`, with the options ``threshold`` (the paper's
+    ``c``) and ``border``.
+
+    Without attention maps, or with no words (an empty prompt), every window
+    gets ``request.prompt``.
+    """
+
+    needs_attention = True
+    fixed_windows = True
+
+    threshold: float = option(0.3, minimum=0.0, maximum=1.0, aliases=("c",),
+                              help="a word joins a window when its mask covers this share of it (the paper's c, eq. 8)")
+    border: str = option("window", choices=BORDERS,
+                         help="a border window's share over the whole window, the part in the jitter padding "
+                              "counting as unset (window, the release), or over its part on the canvas (clipped)")
+
+    def attention(self, attention: AttentionMaps) -> AttentionMaps:
+        """The maps whose words this decomposer selects from (``attention`` itself)."""
+        return attention
+
+    def request_masks(self, attention: AttentionMaps, request: DecomposeRequest) -> torch.Tensor:
+        """Bool ``(n_words, h_a, w_a)`` masks of ``attention``'s words for ``request``."""
+        return word_masks(attention)
+
+    def word_masks(self, attention: AttentionMaps) -> torch.Tensor:
+        """The cleaned binary mask of every word, ``(n, h_a, w_a)`` (for pictures)."""
+        return word_masks(self.attention(attention))
+
+    def decompose(self, request: DecomposeRequest) -> PatchPrompts:
+        """One prompt per window by :func:`masks_to_prompts`."""
+        attention = request.attention
+        if attention is not None:
+            attention = self.attention(attention)
+        if attention is None or not attention.words:
+            return PatchPrompts((request.prompt,) * len(request.layout))
+        if attention.maps.shape[-1] != len(attention.words):
+            raise ValueError(f"{attention.maps.shape[-1]} attention maps for {len(attention.words)} words")
+        return masks_to_prompts(self.request_masks(attention, request), attention.words, request.layout,
+                                request.scale, attention.latent_per_map, self.threshold, self.border)
+
+
+@attrs.frozen
+class CrossAttentionDecomposer(MaskDecomposer):
     """The ``cross_attention`` decomposer: AccDiffusion's patch-content-aware prompts (eq. 5-8).
 
-    ``threshold``: the paper's ``c``; a word is kept for a window iff its mask
-    covers at least this fraction of the window. ``border``: how a border
-    window's fraction is measured, ``"window"`` (over the whole window, the
-    part in the jitter padding counting as unset: the release) or
-    ``"clipped"`` (over the part inside the canvas); see
+    Each word's mask is its phase-1 cross-attention map, binarised and opened
+    (:func:`word_masks`). ``threshold``: the paper's ``c``. ``border``: see
     :func:`word_window_fractions`. ``per_token``: one "word" per token, each
     decoded on its own, with its own map (the release's behaviour, for
     parity: a word split into several tokens reaches the patch prompts as
@@ -170,88 +227,24 @@ class CrossAttentionDecomposer:
     words are whole (``AttentionMaps.words``).
     """
 
-    needs_attention = True
-
-    def __init__(self, *, threshold: float = 0.3, border: str = "window", per_token: bool = False) -> None:
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold {threshold!r} must be in [0, 1]")
-        if border not in BORDERS:
-            raise ValueError(f"border {border!r} must be one of {', '.join(BORDERS)}")
-        self.threshold = float(threshold)
-        self.border = border
-        self.per_token = bool(per_token)
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> "CrossAttentionDecomposer":
-        """The decomposer for a run: ``threshold`` from ``settings.c``; ``border``
-        and ``per_token`` from the plugin options ``cross_attention.border``
-        (``window`` or ``clipped``) and ``cross_attention.per_token``
-        (``true`` or ``false``)."""
-        options = getattr(settings, "plugin_options", None) or {}
-        border = options.get("cross_attention.border", "window")
-        if border not in BORDERS:
-            raise SettingsError(f"option cross_attention.border={border!r} must be one of {', '.join(BORDERS)}")
-        raw = options.get("cross_attention.per_token", "false")
-        per_token = _FLAGS.get(str(raw).strip().lower())
-        if per_token is None:
-            raise SettingsError(f"option cross_attention.per_token={raw!r} must be true or false")
-        return cls(threshold=settings.c, border=border, per_token=per_token)
-
-    def __repr__(self) -> str:
-        return (f"CrossAttentionDecomposer(threshold={self.threshold}, border={self.border!r}, "
-                f"per_token={self.per_token})")
+    per_token: bool = option(False, help="one word per token, as the release (default: whole words)")
 
     def attention(self, attention: AttentionMaps) -> AttentionMaps:
-        """The maps this decomposer selects from: ``attention`` itself (whole
-        words) or, with ``per_token``, ``attention.per_token()``."""
+        """``attention`` itself (whole words) or, with ``per_token``, ``attention.per_token()``."""
         return attention.per_token() if self.per_token else attention
 
-    def word_masks(self, attention: AttentionMaps) -> torch.Tensor:
-        """The cleaned binary mask of every word (of every token with
-        ``per_token``), ``(n, h_a, w_a)`` (for pictures)."""
-        return word_masks(self.attention(attention))
 
-    def decompose(self, request: DecomposeRequest) -> PatchPrompts:
-        """One prompt per window: the kept words in prompt order, joined by single spaces.
-
-        The words are whole (each decoded from all its tokens), so no prompt
-        carries a piece of a word, unless ``per_token`` asks for the release's
-        tokens. A window may get the empty string. Without attention maps, or with no
-        words (an empty prompt), every window gets ``request.prompt``.
-        """
-        attention = request.attention
-        count = len(request.layout)
-        if attention is not None:
-            attention = self.attention(attention)
-        if attention is None or not attention.words:
-            return PatchPrompts((request.prompt,) * count)
-        if attention.maps.shape[-1] != len(attention.words):
-            raise ValueError(
-                f"{attention.maps.shape[-1]} attention maps for {len(attention.words)} words"
-            )
-        fractions = word_window_fractions(
-            word_masks(attention), request.layout, request.scale, attention.latent_per_map, self.border
-        )
-        keep = (fractions >= self.threshold).T.tolist()
-        words = tuple(
-            tuple(word for word, kept in zip(attention.words, row) if kept) for row in keep
-        )
-        return PatchPrompts(tuple(" ".join(w) for w in words), words)
-
-
+@attrs.frozen
 class IdenticalDecomposer:
     """The ``identical`` decomposer: the whole prompt for every window (MultiDiffusion, DemoFusion)."""
 
     needs_attention = False
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> "IdenticalDecomposer":
-        """The decomposer for a run (it has no options)."""
-        return cls()
-
-    def __repr__(self) -> str:
-        return "IdenticalDecomposer()"
+    fixed_windows = False
 
     def decompose(self, request: DecomposeRequest) -> PatchPrompts:
         """``request.prompt`` for every window of ``request.layout``."""
         return PatchPrompts((request.prompt,) * len(request.layout))
+
+    def word_masks(self, attention: AttentionMaps) -> None:
+        """Nothing to show: the words are not placed."""
+        return None

@@ -1,25 +1,14 @@
-"""Registers the ``cross_attention`` and ``identical`` prompt decomposers with accdiffusion."""
+"""The ``cross_attention`` and ``identical`` prompt decomposers, as one registration list."""
 
 from __future__ import annotations
 
-from typing import Callable
-
-import accdiffusion
+from accdiffusion.plugins import StageEntry, StagePlugin
 
 from .decomposers import CrossAttentionDecomposer, IdenticalDecomposer
 
-
-@accdiffusion.hookimpl
-def accdiffusion_register_prompt_decomposers(register: Callable[..., None]) -> None:
-    """Register :class:`CrossAttentionDecomposer` and :class:`IdenticalDecomposer`."""
-    register(
-        "cross_attention",
-        CrossAttentionDecomposer.from_settings,
-        description="AccDiffusion patch-content-aware prompts from phase-1 cross-attention maps "
-        "(options: c, cross_attention.border, cross_attention.per_token)",
-    )
-    register(
-        "identical",
-        IdenticalDecomposer.from_settings,
-        description="the whole prompt for every window (MultiDiffusion / DemoFusion)",
-    )
+plugin = StagePlugin([
+    StageEntry("prompt_decomposer", "cross_attention", CrossAttentionDecomposer,
+               "AccDiffusion patch-content-aware prompts from phase-1 cross-attention maps"),
+    StageEntry("prompt_decomposer", "identical", IdenticalDecomposer,
+               "the whole prompt for every window (MultiDiffusion / DemoFusion)"),
+])

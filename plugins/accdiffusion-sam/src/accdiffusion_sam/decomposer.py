@@ -14,10 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import attrs
 import torch
 import torch.nn.functional as F
-from accdiffusion import AttentionMaps, DecomposeRequest, PatchPrompts, SettingsError
-from accdiffusion_prompts import word_masks, word_window_fractions
+from accdiffusion import AttentionMaps, DecomposeRequest, PatchPrompts
+from accdiffusion.options import option
+from accdiffusion_prompts import masks_to_prompts, word_masks
 from PIL import Image
 
 from .segmenter import DEFAULT_MODEL, Point, SamSegmenter, Segmenter
@@ -86,16 +88,17 @@ def sam_word_masks(attention: AttentionMaps, image: Image.Image, segmenter: Segm
     return masks
 
 
-def _points_option(options: Any) -> int:
-    """The ``sam_points`` plugin option as a positive integer (default 1)."""
-    raw = options.get("sam_points", "1")
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise SettingsError(f"option sam_points={raw!r} must be a positive integer")
-    return value
+@attrs.frozen
+class SamOptions:
+    """The options of the ``sam`` decomposer."""
+
+    model: str = option(DEFAULT_MODEL, aliases=("sam_model",),
+                        help="hub id or local folder of the SAM checkpoint (loaded on first use)")
+    threshold: float = option(0.3, minimum=0.0, maximum=1.0, aliases=("c",),
+                              help="a word joins a window when its mask covers this share of it (the paper's c)")
+    points_per_word: int = option(1, minimum=1, aliases=("sam_points",),
+                                  help="peak points of a word's attention map that prompt SAM")
+    device: str = option("auto", help="where SAM runs: auto (as the run: cuda, then mps, then cpu) or a torch device")
 
 
 class SamDecomposer:
@@ -107,7 +110,8 @@ class SamDecomposer:
     (one that is not a ``torch.nn.Module``).
     ``threshold``: the paper's ``c``. ``points_per_word``: how many peak points
     of a word's attention map prompt SAM. ``device``: where SAM runs
-    (``"auto"`` as for the run).
+    (``"auto"`` as for the run). Words reach windows by the same rule as
+    ``cross_attention`` (``accdiffusion_prompts.masks_to_prompts``).
     """
 
     needs_attention = True
@@ -115,12 +119,12 @@ class SamDecomposer:
 
     def __init__(self, model: str | torch.nn.Module | Segmenter = DEFAULT_MODEL, processor: Any = None, *,
                  threshold: float = 0.3, points_per_word: int = 1, device: str = "auto") -> None:
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold {threshold!r} must be in [0, 1]")
-        if isinstance(points_per_word, bool) or not isinstance(points_per_word, int) or points_per_word < 1:
-            raise ValueError(f"points_per_word {points_per_word!r} must be a positive integer")
-        self.threshold = float(threshold)
-        self.points_per_word = points_per_word
+        location = model if isinstance(model, str) else DEFAULT_MODEL
+        #: the option values (recorded in the run record)
+        self.options = SamOptions(model=location, threshold=threshold, points_per_word=points_per_word,
+                                  device=device)
+        self.threshold = self.options.threshold
+        self.points_per_word = self.options.points_per_word
         if isinstance(model, (str, torch.nn.Module)):
             self.segmenter: Segmenter = SamSegmenter(model, processor, device=device)
         elif processor is not None:
@@ -130,12 +134,10 @@ class SamDecomposer:
         self._cache: tuple[AttentionMaps, Image.Image, torch.Tensor] | None = None
 
     @classmethod
-    def from_settings(cls, settings: Any) -> SamDecomposer:
-        """The decomposer for a run: ``threshold`` from ``settings.c``, the device from
-        ``settings.device``, and the plugin options ``sam_model`` and ``sam_points``."""
-        options = settings.plugin_options
-        return cls(options.get("sam_model", DEFAULT_MODEL), threshold=settings.c,
-                   points_per_word=_points_option(options), device=settings.device)
+    def for_run(cls, settings: Any, options: SamOptions) -> SamDecomposer:
+        """The decomposer for a run, from its :class:`SamOptions` (nothing is loaded yet)."""
+        return cls(options.model, threshold=options.threshold, points_per_word=options.points_per_word,
+                   device=options.device)
 
     def __repr__(self) -> str:
         return (f"SamDecomposer({self.segmenter!r}, threshold={self.threshold}, "
@@ -173,7 +175,5 @@ class SamDecomposer:
         if attention.maps.shape[-1] != len(attention.words):
             raise ValueError(f"{attention.maps.shape[-1]} attention maps for {len(attention.words)} words")
         masks = self._masks(attention, request.low_res_image)
-        fractions = word_window_fractions(masks, request.layout, request.scale, attention.latent_per_map)
-        keep = (fractions >= self.threshold).T.tolist()
-        words = tuple(tuple(word for word, kept in zip(attention.words, row) if kept) for row in keep)
-        return PatchPrompts(tuple(" ".join(w) for w in words), words)
+        return masks_to_prompts(masks, attention.words, request.layout, request.scale, attention.latent_per_map,
+                                self.threshold)

@@ -1,20 +1,12 @@
-"""Registers the ``sam`` prompt decomposer with accdiffusion."""
+"""The ``sam`` prompt decomposer, as a registration list."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from accdiffusion.plugins import StageEntry, StagePlugin
 
-import accdiffusion
+from .decomposer import SamDecomposer, SamOptions
 
-from .decomposer import SamDecomposer
-
-
-@accdiffusion.hookimpl
-def accdiffusion_register_prompt_decomposers(register: Callable[..., None]) -> None:
-    """Register :class:`SamDecomposer` as ``sam``."""
-    register(
-        "sam",
-        SamDecomposer.from_settings,
-        description="patch prompts from Segment Anything masks at the cross-attention peaks "
-                    "(options: c, sam_model, sam_points)",
-    )
+plugin = StagePlugin([
+    StageEntry("prompt_decomposer", "sam", SamDecomposer.for_run,
+               "patch prompts from Segment Anything masks at the cross-attention peaks", options=SamOptions),
+])

@@ -1,19 +1,12 @@
-"""Registers the ``sliding_window`` tiler with accdiffusion."""
+"""The ``sliding_window`` tiler, as a registration list."""
 
 from __future__ import annotations
 
-from typing import Callable
-
-import accdiffusion
+from accdiffusion.plugins import StageEntry, StagePlugin
 
 from .tiler import SlidingWindowTiler
 
-
-@accdiffusion.hookimpl
-def accdiffusion_register_tilers(register: Callable[..., None]) -> None:
-    """Register :class:`SlidingWindowTiler` as ``sliding_window``."""
-    register(
-        "sliding_window",
-        SlidingWindowTiler.from_settings,
-        description="MultiDiffusion sliding windows with DemoFusion random jitter (option: jitter)",
-    )
+plugin = StagePlugin([
+    StageEntry("tiler", "sliding_window", SlidingWindowTiler,
+               "MultiDiffusion sliding windows with DemoFusion random jitter"),
+])

@@ -8,10 +8,12 @@ random jitter to the windows so that their seams move from step to step.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
+import attrs
 import torch
 from accdiffusion import Window, WindowLayout
+from accdiffusion.options import option
 
 
 def axis_starts(side: int, window: int, stride: int) -> torch.Tensor:
@@ -42,6 +44,7 @@ def jitter_bounds(starts: torch.Tensor, size: int, side: int, radius: int) -> tu
     return low, high
 
 
+@attrs.frozen
 class SlidingWindowTiler:
     """The ``sliding_window`` tiler: a regular grid of windows, optionally jittered.
 
@@ -49,16 +52,7 @@ class SlidingWindowTiler:
     generator; the layout is then padded by ``r = (window - stride) // 4``.
     """
 
-    def __init__(self, *, jitter: bool = True) -> None:
-        self.jitter = jitter
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> "SlidingWindowTiler":
-        """The tiler for a run: ``jitter`` from ``settings.jitter``."""
-        return cls(jitter=settings.jitter)
-
-    def __repr__(self) -> str:
-        return f"SlidingWindowTiler(jitter={self.jitter})"
+    jitter: bool = option(True, aliases=("jitter",), help="random jitter of the local windows (DemoFusion)")
 
     def layout(
         self,

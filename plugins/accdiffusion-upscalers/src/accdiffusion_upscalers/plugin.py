@@ -1,24 +1,13 @@
-"""Registers the ``bicubic_latent`` and ``pixel`` upscalers with accdiffusion."""
+"""The ``bicubic_latent`` and ``pixel`` upscalers, as one registration list."""
 
 from __future__ import annotations
 
-from typing import Callable
-
-import accdiffusion
+from accdiffusion.plugins import StageEntry, StagePlugin
 
 from .upscalers import BicubicLatentUpscaler, PixelUpscaler
 
-
-@accdiffusion.hookimpl
-def accdiffusion_register_upscalers(register: Callable[..., None]) -> None:
-    """Register :class:`BicubicLatentUpscaler` and :class:`PixelUpscaler`."""
-    register(
-        "bicubic_latent",
-        BicubicLatentUpscaler.from_settings,
-        description="bicubic interpolation of the latents (DemoFusion / AccDiffusion)",
-    )
-    register(
-        "pixel",
-        PixelUpscaler.from_settings,
-        description="decode, bicubic antialiased resize of the image, encode",
-    )
+plugin = StagePlugin([
+    StageEntry("upscaler", "bicubic_latent", BicubicLatentUpscaler,
+               "bicubic interpolation of the latents (DemoFusion / AccDiffusion)"),
+    StageEntry("upscaler", "pixel", PixelUpscaler, "decode, bicubic antialiased resize of the image, encode"),
+])

@@ -7,44 +7,29 @@ the new size, which are then noised again and denoised (DemoFusion's
 
 from __future__ import annotations
 
-from typing import Any
-
+import attrs
 import torch
 import torch.nn.functional as F
 from accdiffusion.stages import LatentCodec
 
 
+@attrs.frozen
 class BicubicLatentUpscaler:
     """The ``bicubic_latent`` upscaler: bicubic interpolation of the latents themselves,
     as in the DemoFusion and AccDiffusion releases."""
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> "BicubicLatentUpscaler":
-        """The upscaler for a run (it has no options)."""
-        return cls()
-
-    def __repr__(self) -> str:
-        return "BicubicLatentUpscaler()"
 
     def upscale(self, latents: torch.Tensor, size: tuple[int, int], codec: LatentCodec) -> torch.Tensor:
         """``latents`` ``(1, C, h, w)`` resized bicubically (``align_corners=False``) to ``(1, C, *size)``."""
         return F.interpolate(latents, size=tuple(size), mode="bicubic", align_corners=False)
 
 
+@attrs.frozen
 class PixelUpscaler:
     """The ``pixel`` upscaler: decode, resize the image, encode again.
 
     The image is resized bicubically with antialiasing to ``size`` times the
     codec's ``vae_scale_factor`` and clamped to ``[-1, 1]`` before encoding.
     """
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> "PixelUpscaler":
-        """The upscaler for a run (it has no options)."""
-        return cls()
-
-    def __repr__(self) -> str:
-        return "PixelUpscaler()"
 
     def upscale(self, latents: torch.Tensor, size: tuple[int, int], codec: LatentCodec) -> torch.Tensor:
         """``latents`` ``(1, C, h, w)`` to ``(1, C, *size)`` through pixel space."""

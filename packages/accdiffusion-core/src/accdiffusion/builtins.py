@@ -1,0 +1,23 @@
+"""The core's own stages, registered from one list like any plugin's.
+
+* schedules: ``paper`` (default) and ``fast`` (:mod:`accdiffusion.schedules`);
+* structure guidances: ``none`` (default) and ``controlnet``
+  (:mod:`accdiffusion.structure`).
+"""
+
+from __future__ import annotations
+
+from .plugins import StageEntry, StagePlugin
+from .schedules import FastSchedule, PaperSchedule
+from .structure import ControlNetGuidance, NoStructureGuidance
+
+BUILTINS = StagePlugin([
+    StageEntry("schedule", "paper", PaperSchedule,
+               "DemoFusion/AccDiffusion as published: every phase from pure noise, all steps"),
+    StageEntry("schedule", "fast", FastSchedule,
+               "each upscaling phase starts 70% of the way down its schedule: at most 30% of its steps"),
+    StageEntry("structure_guidance", "none", NoStructureGuidance,
+               "no extra conditioning of the local windows (AccDiffusion v1)"),
+    StageEntry("structure_guidance", "controlnet", ControlNetGuidance,
+               "AccDiffusion v2: a ControlNet on the previous phase's canny edges, per local window (--controlnet)"),
+])
