@@ -1,10 +1,9 @@
-"""Tests of the ``sam`` decomposer: hand-worked masks from a fake segmenter, and a tiny
-random SAM loaded offline through ``from_pretrained``."""
+"""Tests of the ``sam`` decomposer: hand-worked masks from a fake segmenter, a tiny
+random SAM loaded offline through ``from_pretrained``, and the decomposer contract."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import accdiffusion
@@ -12,16 +11,18 @@ import pytest
 import torch
 from accdiffusion import AttentionMaps, DecomposeRequest, ModelError, PatchPrompts, SettingsError, Window, WindowLayout
 from accdiffusion_prompts import CrossAttentionDecomposer, word_masks
+from accdiffusion_testing.kit import PromptDecomposerContract, host_with, sample_image
 from accdiffusion_sam import (
     DEFAULT_MODEL,
     Point,
     SamDecomposer,
     SamSegmenter,
     peak_points,
-    plugin,
     pool_masks,
     word_peaks,
 )
+from accdiffusion_sam.decomposer import SamOptions
+from accdiffusion_sam.plugin import plugin
 from PIL import Image, ImageDraw
 from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
 
@@ -117,37 +118,78 @@ def is_in_order(kept: Sequence[str], words: Sequence[str]) -> bool:
     return all(any(w == v for v in rest) for w in kept)
 
 
-# -- registration and options ---------------------------------------------------
+class SquareSegmenter:
+    """A segmenter for any words: each word's mask is the square of a quarter of
+    the image's side around its first point; records the calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[list[Point]]] = []
+
+    def __call__(self, image: Image.Image, points: Sequence[Sequence[Point]]) -> torch.Tensor:
+        self.calls.append([list(group) for group in points])
+        masks = torch.zeros(len(points), image.height, image.width, dtype=torch.bool)
+        side = max(1, min(image.size) // 4)
+        for k, group in enumerate(points):
+            x, y = (int(v) for v in group[0])
+            masks[k, max(0, y - side // 2): y + side // 2 + 1, max(0, x - side // 2): x + side // 2 + 1] = True
+        return masks
 
 
-def test_entry_point_declared() -> None:
-    (ep,) = [ep for ep in entry_points(group="accdiffusion") if ep.name == "sam"]
-    assert ep.value == "accdiffusion_sam.plugin"
+# -- registration, options and the contract ----------------------------------------
+
+
+class TestSamContract(PromptDecomposerContract):
+    """The decomposer the host builds: no image in the requests, so SAM is never loaded."""
+
+    plugin = plugin
+    name = "sam"
+    entry_point = "sam"
+
+
+class TestSamWithSegmenterContract(PromptDecomposerContract):
+    """The decomposer with a segmenter and a phase-1 image: SAM masks in the requests."""
+
+    plugin = plugin
+    name = "sam"
+    entry_point = "sam"
+
+    def make(self) -> SamDecomposer:
+        return SamDecomposer(SquareSegmenter(), threshold=0.2, points_per_word=2)
+
+    def low_res_image(self) -> Image.Image:
+        return sample_image(64, 64)
 
 
 def test_registered_and_built_from_settings_without_loading(tmp_path: Path) -> None:
-    host = accdiffusion.PluginHost([plugin], entry_points=False)
+    host = host_with(plugin)
     assert host.registry.names("prompt_decomposer") == ["sam"]
     missing = tmp_path / "no-sam-here"
-    settings = accdiffusion.Settings(prompt="x", c=0.4, device="cpu",
-                                     plugin_options={"sam_model": str(missing), "sam_points": "3"})
+    settings = accdiffusion.Settings(prompt="x", device="cpu",
+                                     plugin_options={"c": 0.4, "sam_model": str(missing), "sam_points": "3"})
     decomposer = host.create("prompt_decomposer", "sam", settings)  # nothing is loaded yet
     assert isinstance(decomposer, SamDecomposer) and isinstance(decomposer, accdiffusion.PromptDecomposer)
     assert decomposer.threshold == 0.4 and decomposer.points_per_word == 3
+    assert decomposer.options == SamOptions(model=str(missing), threshold=0.4, points_per_word=3, device="cpu")
     assert decomposer.needs_attention and decomposer.fixed_windows
     assert isinstance(decomposer.segmenter, SamSegmenter)
     assert decomposer.segmenter.model_id == str(missing) and decomposer.segmenter.device == "cpu"
-    default = SamDecomposer.from_settings(accdiffusion.Settings(prompt="x", device="cpu"))
+    default = SamDecomposer.for_run(accdiffusion.Settings(prompt="x", device="cpu"), SamOptions())
     assert default.segmenter.model_id == DEFAULT_MODEL and default.points_per_word == 1
     with pytest.raises(ModelError, match="no-sam-here.*local folder or from the Hugging Face hub"):
         decomposer.decompose(request(peaked_maps((1, 1)), ("cat",), Image.new("RGB", (64, 64))))
 
 
+def test_device_option_overrides_the_run_device() -> None:
+    settings = accdiffusion.Settings(prompt="x", device="cpu", plugin_options={"sam.device": "meta"})
+    decomposer = host_with(plugin).create("prompt_decomposer", "sam", settings)
+    assert decomposer.segmenter.device == "meta" and decomposer.options.device == "meta"
+
+
 @pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
 def test_bad_points_option_is_refused(value: str) -> None:
     settings = accdiffusion.Settings(prompt="x", plugin_options={"sam_points": value})
-    with pytest.raises(SettingsError, match="sam_points"):
-        SamDecomposer.from_settings(settings)
+    with pytest.raises(SettingsError, match=r"sam.points_per_word \(given as 'sam_points'\)"):
+        host_with(plugin).create("prompt_decomposer", "sam", settings)
 
 
 def test_constructor_checks() -> None:

@@ -135,9 +135,11 @@ class SamDecomposer:
 
     @classmethod
     def for_run(cls, settings: Any, options: SamOptions) -> SamDecomposer:
-        """The decomposer for a run, from its :class:`SamOptions` (nothing is loaded yet)."""
+        """The decomposer for a run, from its :class:`SamOptions` (nothing is loaded yet);
+        ``device="auto"`` runs SAM where the run runs (``settings.device``)."""
+        device = getattr(settings, "device", "auto") if options.device == "auto" else options.device
         return cls(options.model, threshold=options.threshold, points_per_word=options.points_per_word,
-                   device=options.device)
+                   device=device)
 
     def __repr__(self) -> str:
         return (f"SamDecomposer({self.segmenter!r}, threshold={self.threshold}, "
