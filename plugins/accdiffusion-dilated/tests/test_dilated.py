@@ -1,15 +1,15 @@
-"""Tests of dilated sampling and window interaction with stub denoisers."""
+"""Tests of dilated sampling and window interaction with stub denoisers, and the global-guidance contract."""
 
 from __future__ import annotations
 
 import math
-from importlib.metadata import entry_points
 from typing import Callable, Optional
 
 import accdiffusion
 import pytest
 import torch
 from accdiffusion import GuidanceRequest, ViewBatchRequest
+from accdiffusion_testing.kit import GlobalGuidanceContract, host_with
 
 from accdiffusion_dilated import (
     DilatedGuidance,
@@ -19,11 +19,11 @@ from accdiffusion_dilated import (
     gaussian_kernel,
     invert_permutation,
     pad_to_multiple,
-    plugin,
     random_permutation,
     smooth_latents,
     to_dilated_samples,
 )
+from accdiffusion_dilated.plugin import plugin
 
 STRATEGIES = [DilatedGuidance, WindowInteractionGuidance]
 
@@ -60,22 +60,36 @@ def batch_index(request: ViewBatchRequest) -> torch.Tensor:
     return index.expand_as(request.latents).clone()
 
 
-# -- registration ------------------------------------------------------------
+# -- registration and the contract -------------------------------------------
 
 
-def test_entry_point_declared() -> None:
-    (ep,) = [ep for ep in entry_points(group="accdiffusion") if ep.name == "dilated"]
-    assert ep.value == "accdiffusion_dilated.plugin"
+class TestWindowInteractionContract(GlobalGuidanceContract):
+    plugin = plugin
+    name = "window_interaction"
+    entry_point = "dilated"
 
 
-def test_registered_with_plugin_host() -> None:
-    host = accdiffusion.PluginHost([plugin], entry_points=False)
-    assert host.registry.names("global_guidance") == ["dilated", "window_interaction", "none"]
-    settings = accdiffusion.Settings(prompt="x", sigma=0.5, cosine_scale_3=2.0, gaussian_smoothing=False)
+class TestDilatedContract(GlobalGuidanceContract):
+    plugin = plugin
+    name = "dilated"
+    entry_point = "dilated"
+
+
+class TestDilatedWithoutSmoothingContract(GlobalGuidanceContract):
+    plugin = plugin
+    name = "dilated"
+    entry_point = "dilated"
+    options = {"gaussian_smoothing": False, "sigma": 0.0}
+
+
+def test_options_and_aliases_from_settings() -> None:
+    host = host_with(plugin)
+    settings = accdiffusion.Settings(prompt="x", plugin_options={
+        "sigma": 0.5, "window_interaction.cosine_scale_3": "2", "gaussian_smoothing": "false"})
     stage = host.create("global_guidance", "window_interaction", settings)
     assert type(stage) is WindowInteractionGuidance
     assert (stage.sigma, stage.cosine_scale_3, stage.gaussian_smoothing) == (0.5, 2.0, False)
-    assert type(host.create("global_guidance", "dilated", settings)) is DilatedGuidance
+    assert host.registry.names("global_guidance") == ["dilated", "window_interaction", "none"]
 
 
 def test_defaults_and_protocol() -> None:

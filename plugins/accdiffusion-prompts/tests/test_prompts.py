@@ -1,13 +1,13 @@
-"""Tests of the prompt decomposers against hand-worked attention maps."""
+"""Tests of the prompt decomposers against hand-worked attention maps, and the decomposer contract."""
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
 
 import accdiffusion
 import pytest
 import torch
 from accdiffusion import AttentionMaps, DecomposeRequest, Window, WindowLayout
+from accdiffusion_testing.kit import PromptDecomposerContract, attention_maps, host_with
 
 from accdiffusion_prompts import (
     CrossAttentionDecomposer,
@@ -15,12 +15,12 @@ from accdiffusion_prompts import (
     binarize,
     morphological_open,
     opening_iterations,
-    plugin,
     window_map_area,
     window_map_bounds,
     word_masks,
     word_window_fractions,
 )
+from accdiffusion_prompts.plugin import plugin
 
 
 def grid_layout(scale: int, map_size: int, f: int) -> WindowLayout:
@@ -47,21 +47,32 @@ def request(maps: torch.Tensor, words: tuple[str, ...], layout: WindowLayout, sc
     return DecomposeRequest(prompt, layout, scale, AttentionMaps(maps, words, 4))
 
 
-# -- registration ------------------------------------------------------------
+# -- registration and the contract -------------------------------------------
 
 
-def test_entry_point_declared() -> None:
-    (ep,) = [ep for ep in entry_points(group="accdiffusion") if ep.name == "prompts"]
-    assert ep.value == "accdiffusion_prompts.plugin"
+class TestCrossAttentionContract(PromptDecomposerContract):
+    plugin = plugin
+    name = "cross_attention"
+    entry_point = "prompts"
 
 
-def test_registered_with_plugin_host() -> None:
-    host = accdiffusion.PluginHost([plugin], entry_points=False)
-    assert host.registry.names("prompt_decomposer") == ["cross_attention", "identical"]
-    settings = accdiffusion.Settings(prompt="x", c=0.45)
-    decomposer = host.create("prompt_decomposer", "cross_attention", settings)
-    assert isinstance(decomposer, CrossAttentionDecomposer) and decomposer.threshold == 0.45
-    assert isinstance(host.create("prompt_decomposer", "identical", settings), IdenticalDecomposer)
+class TestCrossAttentionOptionsContract(PromptDecomposerContract):
+    plugin = plugin
+    name = "cross_attention"
+    entry_point = "prompts"
+    options = {"threshold": 0.1, "border": "clipped", "per_token": True}
+
+
+class TestIdenticalContract(PromptDecomposerContract):
+    plugin = plugin
+    name = "identical"
+    entry_point = "prompts"
+
+
+def test_threshold_from_the_alias_c() -> None:
+    settings = accdiffusion.Settings(prompt="x", plugin_options={"c": 0.45})
+    decomposer = host_with(plugin).create("prompt_decomposer", "cross_attention", settings)
+    assert decomposer == CrossAttentionDecomposer(threshold=0.45)
 
 
 def test_protocols_and_needs_attention() -> None:
@@ -332,13 +343,16 @@ def test_border_decision_flips_at_the_default_threshold() -> None:
     assert CrossAttentionDecomposer(border="clipped").decompose(req).prompts == ("cat sofa", "sofa")
 
 
+def create(plugin_options: dict) -> CrossAttentionDecomposer:
+    settings = accdiffusion.Settings(prompt="x", plugin_options=plugin_options)
+    return host_with(plugin).create("prompt_decomposer", "cross_attention", settings)
+
+
 def test_border_option_from_settings() -> None:
-    settings = accdiffusion.Settings(prompt="x", plugin_options={"cross_attention.border": "clipped"})
-    assert CrossAttentionDecomposer.from_settings(settings).border == "clipped"
-    assert CrossAttentionDecomposer.from_settings(accdiffusion.Settings(prompt="x")).border == "window"
-    with pytest.raises(accdiffusion.SettingsError, match="cross_attention.border"):
-        CrossAttentionDecomposer.from_settings(
-            accdiffusion.Settings(prompt="x", plugin_options={"cross_attention.border": "padded"}))
+    assert create({"cross_attention.border": "clipped"}).border == "clipped"
+    assert create({}).border == "window"
+    with pytest.raises(accdiffusion.SettingsError, match="cross_attention.border='padded'.*one of window, clipped"):
+        create({"cross_attention.border": "padded"})
     with pytest.raises(ValueError):
         CrossAttentionDecomposer(border="padded")
 
@@ -398,17 +412,24 @@ def test_per_token_keeps_the_release_pieces() -> None:
     assert decomposer.decompose(plain) == CrossAttentionDecomposer().decompose(plain)
 
 
-@pytest.mark.parametrize("raw, value", [("true", True), ("False", False), ("1", True), ("off", False)])
+@pytest.mark.parametrize("raw, value", [("true", True), ("False", False), ("1", True), ("off", False), (True, True)])
 def test_per_token_option_from_settings(raw: str, value: bool) -> None:
-    settings = accdiffusion.Settings(prompt="x", plugin_options={"cross_attention.per_token": raw})
-    assert CrossAttentionDecomposer.from_settings(settings).per_token is value
+    assert create({"cross_attention.per_token": raw}).per_token is value
 
 
 def test_per_token_default_and_invalid_option() -> None:
-    assert CrossAttentionDecomposer.from_settings(accdiffusion.Settings(prompt="x")).per_token is False
-    with pytest.raises(accdiffusion.SettingsError, match="cross_attention.per_token"):
-        CrossAttentionDecomposer.from_settings(
-            accdiffusion.Settings(prompt="x", plugin_options={"cross_attention.per_token": "maybe"}))
+    assert create({}).per_token is False
+    with pytest.raises(accdiffusion.SettingsError, match="cross_attention.per_token='maybe'"):
+        create({"cross_attention.per_token": "maybe"})
+
+
+def test_attention_maps_from_masks_give_the_masks_back() -> None:
+    """The kit's maps from bool masks: binarised at their mean and opened
+    (0 iterations on 8x8 maps), each mask comes back as it was."""
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[0, :4, :4] = True
+    masks[1, 5:, 2:7] = True
+    assert torch.equal(word_masks(attention_maps("cat dog", masks)), masks)
 
 
 def test_no_attention_gives_whole_prompt() -> None:

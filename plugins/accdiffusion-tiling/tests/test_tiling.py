@@ -1,15 +1,15 @@
-"""Tests of the sliding-window tiler against hand-worked layouts."""
+"""Tests of the sliding-window tiler against hand-worked layouts, and the tiler contract."""
 
 from __future__ import annotations
-
-from importlib.metadata import entry_points
 
 import accdiffusion
 import pytest
 import torch
 from accdiffusion import Window, WindowLayout
+from accdiffusion_testing.kit import TilerContract, host_with
 
-from accdiffusion_tiling import SlidingWindowTiler, axis_starts, jitter_bounds, plugin
+from accdiffusion_tiling import SlidingWindowTiler, axis_starts, jitter_bounds
+from accdiffusion_tiling.plugin import plugin
 
 
 def gen(seed: int) -> torch.Generator:
@@ -20,23 +20,24 @@ def boxes(layout: WindowLayout) -> list[tuple[int, int, int, int]]:
     return [(w.top, w.left, w.height, w.width) for w in layout.windows]
 
 
-def test_protocol_and_factory() -> None:
-    tiler = SlidingWindowTiler.from_settings(accdiffusion.Settings(prompt="x", jitter=False))
-    assert isinstance(tiler, accdiffusion.Tiler)
-    assert tiler.jitter is False
-    assert SlidingWindowTiler.from_settings(accdiffusion.Settings(prompt="x")).jitter is True
+class TestSlidingWindowContract(TilerContract):
+    plugin = plugin
+    name = "sliding_window"
+    entry_point = "tiling"
 
 
-def test_entry_point_declared() -> None:
-    (ep,) = [ep for ep in entry_points(group="accdiffusion") if ep.name == "tiling"]
-    assert ep.value == "accdiffusion_tiling.plugin"
+class TestSlidingWindowWithoutJitterContract(TilerContract):
+    plugin = plugin
+    name = "sliding_window"
+    entry_point = "tiling"
+    options = {"jitter": False}
 
 
-def test_registered_with_plugin_host() -> None:
-    host = accdiffusion.PluginHost([plugin], entry_points=False)
-    assert host.registry.names("tiler") == ["sliding_window"]
-    tiler = host.create("tiler", "sliding_window", accdiffusion.Settings(prompt="x"))
-    assert isinstance(tiler, SlidingWindowTiler)
+@pytest.mark.parametrize("options, jitter", [({}, True), ({"jitter": "false"}, False),
+                                             ({"sliding_window.jitter": "off"}, False)])
+def test_jitter_option(options: dict, jitter: bool) -> None:
+    settings = accdiffusion.Settings(prompt="x", plugin_options=options)
+    assert host_with(plugin).create("tiler", "sliding_window", settings) == SlidingWindowTiler(jitter=jitter)
 
 
 def test_axis_starts_hand_worked() -> None:
