@@ -7,12 +7,10 @@ when a hook has no test anywhere in the repository.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import re
 import shlex
-import sys
 import types
 from pathlib import Path
 
@@ -23,7 +21,9 @@ import torch
 import accdiffusion
 from accdiffusion import Settings, hookspecs, stages
 from accdiffusion import types as value_types
-from accdiffusion.cli import build_parser
+from accdiffusion.cli import _plugin_options, build_parser, options_listing
+from accdiffusion.options import option
+from accdiffusion.plugins import Registry, StageEntry, StagePlugin, option_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -36,6 +36,39 @@ HOOKS = sorted(
     name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(fn, SPEC_MARK)
 )
 FIELDS = list(attrs.fields(Settings))
+
+
+def repo_entry_points() -> set[str]:
+    """The entry-point names of this repository's distributions (the plugins the docs describe)."""
+    names = set()
+    for pyproject in sorted(ROOT.glob("packages/*/pyproject.toml")) + sorted(ROOT.glob("plugins/*/pyproject.toml")):
+        m = re.search(r"^\[project\.entry-points\.accdiffusion\]\n((?:[\w-]+ *= *.+\n?)+)",
+                      pyproject.read_text(encoding="utf-8"), re.M)
+        if m:
+            names |= {line.split("=")[0].strip() for line in m.group(1).splitlines() if line.strip()}
+    return names
+
+
+#: The plugins the documentation describes: this repository's entry points and the core's own stages.
+REPO_PLUGINS = repo_entry_points() | {"accdiffusion.builtins"}
+
+
+def repo_host() -> accdiffusion.PluginHost:
+    """A plugin host whose stages are this repository's only, so that a plugin
+    installed from elsewhere (another stage, another flag) does not change
+    what the pages must say."""
+    host = accdiffusion.PluginHost()
+    registry = Registry()
+    for reg in host.registry.all_stages():
+        if reg.plugin in REPO_PLUGINS:
+            registry.registrar(reg.stage, reg.plugin, reg.distribution)(
+                reg.name, reg.target, reg.description, options=None if reg.options is reg.target else reg.options)
+    for name, reg in host.registry.models.items():
+        if reg.plugin in REPO_PLUGINS:
+            registry.registrar("model", reg.plugin, reg.distribution)(name, reg.target, reg.description,
+                                                                     defaults=reg.defaults or None)
+    host.registry = registry
+    return host
 
 
 def read(path: Path) -> str:
@@ -89,7 +122,10 @@ def test_firstresult_hooks_are_documented_as_such():
 
 
 def test_register_signature_is_documented():
-    assert 'register(name, factory, description="")' in read(HOOKS_MD)
+    text = read(HOOKS_MD)
+    assert 'register(name, target, description="", options=None)' in text
+    assert "StagePlugin" in text and "StageEntry" in text
+    assert "accdiffusion.hookspecs.hookimpl" in text or "from accdiffusion.hookspecs import hookimpl" in text
 
 
 def test_stage_protocols_have_sections():
@@ -168,7 +204,7 @@ def options_rows() -> dict[str, list[str]]:
 
 
 def generate_parser():
-    parser = build_parser()
+    parser = build_parser(repo_host())
     sub = next(a for a in parser._actions if a.dest == "command")
     return sub.choices["generate"]
 
@@ -196,9 +232,66 @@ def test_cli_only_flags_are_documented():
     settings_flags |= {"--no-" + f.name.replace("_", "-") for f in FIELDS}
     text = read(OPTIONS_MD)
     for action in generate_parser()._actions:
+        if action.dest.startswith("plugin_option:"):
+            continue  # derived from a plugin's declared options: see the plugin options tests
         for flag in action.option_strings:
             if flag not in settings_flags and flag not in ("-h", "--help"):
                 assert f"`{flag}" in text, f"{flag} is not documented in docs/options.md"
+
+
+def plugin_options_section() -> str:
+    return sections(read(OPTIONS_MD), 2)["Plugin options"]
+
+
+def test_every_derived_flag_is_documented():
+    """Every flag derived from a plugin's declared options (``--NAME-FIELD``
+    and the alias flags) is in the plugin options section; the ``--no-`` form
+    of a boolean follows the rule the section states."""
+    actions = [a for a in generate_parser()._actions if a.dest.startswith("plugin_option:")]
+    assert {a.option_strings[0] for a in actions} == {flag for flag, _, _ in option_flags(repo_host().registry)}
+    body = plugin_options_section()
+    assert "`--NAME-FIELD/--no-NAME-FIELD`" in body
+    for action in actions:
+        flag = action.option_strings[0]
+        assert re.search(rf"{re.escape(flag)}(?![\w-])", body), \
+            f"{flag} is not documented in docs/options.md's plugin options"
+
+
+def test_plugin_options_listing_matches_the_installed_plugins():
+    """The listing on the page is what `accdiffusion plugins --options` prints
+    for this repository's plugins: a new option, default or help shows here."""
+    expected = options_listing(repo_host())
+    body = sections(plugin_options_section(), 3)["The installed plugins' options"]
+    blocks = code_blocks(body, "text")
+    assert blocks, "docs/options.md's plugin options have no ```text listing"
+    assert blocks[0].rstrip("\n") == expected, (
+        "docs/options.md's listing is stale; replace it with the output of `accdiffusion plugins --options` "
+        "from its 'options (' line:\n" + expected)
+
+
+def alias_rows(registry) -> list[str]:
+    rows = []
+    for alias, targets in sorted(registry.aliases().items()):
+        flag = "--" + alias.replace("_", "-")
+        if all(o.spec.type is bool for _, o in targets):
+            flag += f"/--no-{flag[2:]}"
+        rows.append(f"| `{alias}` | `{flag}` | " + ", ".join(f"`{r.name}.{o.name}`" for r, o in targets) + " |")
+    return rows
+
+
+def test_every_alias_has_its_row():
+    body = sections(plugin_options_section(), 3)["Aliases: the old spellings"]
+    documented = [line.strip() for line in body.splitlines() if re.match(r"^\| `\w+` \| `--", line)]
+    assert documented == alias_rows(repo_host().registry), \
+        "the alias table of docs/options.md should read:\n" + "\n".join(alias_rows(repo_host().registry))
+
+
+def test_settings_that_became_plugin_options_are_aliases():
+    """The stage knobs that left Settings keep their old spellings as aliases."""
+    old = {"c", "sigma", "cosine_scale_3", "gaussian_smoothing", "jitter", "controlnet", "control_image",
+           "canny_sigma", "controlnet_scale", "controlnet_start", "controlnet_end"}
+    assert not old & {f.name for f in FIELDS}
+    assert old <= set(repo_host().registry.aliases())
 
 
 def test_options_table_lists_only_settings():
@@ -206,27 +299,34 @@ def test_options_table_lists_only_settings():
     assert set(options_rows()) - names == set()
 
 
-@pytest.mark.parametrize("path", [OPTIONS_MD, WRITING_MD], ids=lambda p: p.name)
-def test_documented_command_lines_parse(path):
-    parser = build_parser()
+def check_command_lines(text: str, host: accdiffusion.PluginHost) -> int:
+    """Parse every `accdiffusion generate` line of the ```sh blocks of
+    ``text``; build its Settings and check its plugin options against the
+    stages it selects. Returns how many there were."""
+    parser = build_parser(host)
     commands = 0
-    for block in code_blocks(read(path), "sh"):
+    for block in code_blocks(text, "sh"):
         for line in block.replace("\\\n", " ").splitlines():
-            words = shlex.split(line)
+            words = shlex.split(line, comments=True)
             if "accdiffusion" in words and words[words.index("accdiffusion") + 1:][:1] == ["generate"]:
                 args = parser.parse_args(words[words.index("accdiffusion") + 1:])
-                Settings(prompt=args.prompt, **{f.name: getattr(args, f.name) for f in FIELDS
-                                                 if f.name not in ("prompt", "plugin_options")
-                                                 and hasattr(args, f.name)})
+                settings = Settings(prompt=args.prompt, plugin_options=_plugin_options(args),
+                                    **{f.name: getattr(args, f.name) for f in FIELDS
+                                       if f.name not in ("prompt", "plugin_options") and hasattr(args, f.name)})
+                host.check_options(settings, {stage: getattr(settings, stage) for stage in stages.STAGES})
                 commands += 1
-    assert commands > 0
+    return commands
+
+
+def test_documented_command_lines_parse():
+    assert check_command_lines(read(OPTIONS_MD), repo_host()) > 0
 
 
 # -- plugin pages ------------------------------------------------------------
 
 
 def registered():
-    host = accdiffusion.PluginHost()
+    host = repo_host()
     return [(stage, reg) for stage in stages.STAGES for reg in host.registry.registrations(stage)
             if reg.name != "none"]
 
@@ -262,71 +362,33 @@ def test_every_hook_is_implemented_or_called_by_a_test(hook):
     assert users, f"no test implements or calls {hook}"
 
 
-class _NearestUpscalerPlugin:
-    """A plugin object implementing the upscaler registration hook."""
-
-    @accdiffusion.hookimpl
-    def accdiffusion_register_upscalers(self, register):
-        register("nearest_test", lambda settings: _Nearest(settings.plugin_options.get("mode", "nearest")),
-                 description="nearest-neighbour latents")
-
-
+@attrs.frozen
 class _Nearest:
-    def __init__(self, mode):
-        self.mode = mode
+    """An upscaler with one declared option."""
+
+    mode: str = option("nearest", choices=("nearest", "nearest-exact"), help="interpolation mode")
 
     def upscale(self, latents, size, codec):
         return torch.nn.functional.interpolate(latents, size=tuple(size), mode=self.mode)
 
 
-def test_upscaler_registration_hook_builds_the_stage_from_settings():
-    host = accdiffusion.PluginHost([_NearestUpscalerPlugin()], entry_points=False)
+def test_a_registration_list_builds_the_stage_with_its_options():
+    plugin = StagePlugin([StageEntry("upscaler", "nearest_test", _Nearest, "nearest-neighbour latents")])
+    host = accdiffusion.PluginHost([plugin], entry_points=False)
     assert host.registry.names("upscaler") == ["nearest_test"]
-    assert host.registry.registrations("upscaler")[0].description == "nearest-neighbour latents"
+    reg = host.registry.registrations("upscaler")[0]
+    calls = []  # the list implements the upscaler registration hook: one register call per line
+    plugin.accdiffusion_register_upscalers(lambda *args, **kwargs: calls.append((args, kwargs)))
+    assert calls == [(("nearest_test", _Nearest, "nearest-neighbour latents"), {"options": None})]
+    assert reg.description == "nearest-neighbour latents" and reg.options is _Nearest
     upscaler = host.create("upscaler", "nearest_test",
-                           Settings(prompt="x", plugin_options={"mode": "nearest-exact"}))
-    assert isinstance(upscaler, accdiffusion.Upscaler) and upscaler.mode == "nearest-exact"
+                           Settings(prompt="x", plugin_options={"nearest_test.mode": "nearest-exact"}))
+    assert isinstance(upscaler, accdiffusion.Upscaler) and upscaler == _Nearest(mode="nearest-exact")
     latents = torch.arange(4.0).reshape(1, 1, 2, 2)
     assert torch.equal(upscaler.upscale(latents, (4, 4), None),
                        latents.repeat_interleave(2, 2).repeat_interleave(2, 3))
-
-
-# -- writing-plugins.md: the example distribution works ----------------------
-
-
-def test_example_plugin_distribution_works(tmp_path, monkeypatch):
-    files = {}
-    for block in code_blocks(read(WRITING_MD), "(?:python|toml)"):
-        first, _, body = block.partition("\n")
-        m = re.fullmatch(r"# ((?:src|tests)/\S+|pyproject\.toml)", first)
-        if m:
-            files[m.group(1)] = body
-    assert "pyproject.toml" in files and any(p.endswith("plugin.py") for p in files)
-    for rel, body in files.items():
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text(body)
-    entry = re.search(r"\[project\.entry-points\.accdiffusion\]\n(\w+) = \"([\w.]+)\"", files["pyproject.toml"])
-    assert entry, "the example pyproject.toml declares no accdiffusion entry point"
-    monkeypatch.syspath_prepend(str(tmp_path / "src"))
-    package = entry.group(2).split(".")[0]
-    try:
-        plugin = importlib.import_module(entry.group(2))
-        host = accdiffusion.PluginHost([plugin], entry_points=False)
-        names = {stage: host.registry.names(stage) for stage in stages.STAGES}
-        assert sum(len(v) for s, v in names.items() if s != "global_guidance") >= 1
-        for stage, found in names.items():
-            for name in found:
-                if name != "none":
-                    host.create(stage, name, Settings(prompt="a cat"))
-        spec_path = next(tmp_path.glob("tests/test_*.py"))
-        module = types.ModuleType("_docs_example_test_module")
-        exec(compile(spec_path.read_text(), str(spec_path), "exec"), module.__dict__)
-        for name, fn in vars(module).items():
-            if name.startswith("test_") and not inspect.signature(fn).parameters:
-                fn()  # the example's tests that need no fixture (no model)
-    finally:
-        for mod in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
-            del sys.modules[mod]
+    with pytest.raises(accdiffusion.SettingsError, match="nearest_test.mode.*one of nearest, nearest-exact"):
+        host.create("upscaler", "nearest_test", Settings(prompt="x", plugin_options={"nearest_test.mode": "cubic"}))
 
 
 # -- links -------------------------------------------------------------------
