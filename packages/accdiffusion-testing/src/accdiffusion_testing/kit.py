@@ -39,7 +39,6 @@ This module needs only pytest, torch and accdiffusion.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import types
 from typing import Any, Callable, ClassVar, Iterator, Mapping, Optional, Sequence, Union
@@ -49,8 +48,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from accdiffusion.errors import ModelError, PluginError, SettingsError
-from accdiffusion.options import DeclaredOption, OptionSpec, option, stage_values
+from accdiffusion.errors import AccDiffusionError, PluginError, SettingsError
+from accdiffusion.options import OptionSpec, option, stage_values
 from accdiffusion.plugins import ALLOW_ENV, ENTRY_POINT_GROUP, PluginHost, StageEntry, StagePlugin
 from accdiffusion.settings import Settings
 from accdiffusion.stages import PROTOCOLS, STAGES
@@ -288,10 +287,13 @@ def decompose_request(prompt: str = "a cat and a dog on a sofa", layout: Optiona
 class RecordingDenoise:
     """A stand-in for the sampler's ``denoise``: records every
     :class:`~accdiffusion.ViewBatchRequest` and returns
-    ``latents * factor + offset * i`` for the view at batch position ``i``
-    (so a guidance that mixes up views gets a different answer)."""
+    ``latents * factor + offset * i`` for the view at batch position ``i``.
 
-    def __init__(self, factor: float = 0.5, offset: float = 0.01) -> None:
+    With ``offset=0`` (the default) a view's output does not depend on the
+    batch it comes in, as with the sampler's executor; a non-zero ``offset``
+    tells the views of one call apart in hand-worked tests."""
+
+    def __init__(self, factor: float = 0.5, offset: float = 0.0) -> None:
         self.factor = factor
         self.offset = offset
         self.requests: list[ViewBatchRequest] = []
@@ -541,7 +543,8 @@ class FakeAdapter(FakeCodec):
         self.calls.append(Call("predict", {
             "views": int(latents.shape[0]), "shape": tuple(latents.shape), "timestep": timestep,
             "crops_top_left": None if crops_top_left is None else crops_top_left.clone(),
-            "target_size": tuple(target_size), "residuals": tuple(sorted(k for k, v in residuals.items() if v is not None)),
+            "target_size": tuple(target_size),
+            "residuals": tuple(sorted(k for k, v in residuals.items() if v is not None)),
         }))
         if len(cond) != latents.shape[0]:
             raise ValueError(f"predict got {latents.shape[0]} latents and {len(cond)} conditioning rows")
@@ -1366,12 +1369,17 @@ class ScheduleContract(StageContract):
 
 class StructureGuidanceContract(StageContract):
     """The :class:`~accdiffusion.stages.StructureGuidance` contract: ``prepare``
-    with a :class:`FakeAdapter` returns or refuses with ``SettingsError`` /
-    ``ModelError``; ``pictures()`` is a tuple; ``control`` is ``None`` or one
-    control image per window (:func:`check_structure_guidance`), for a grid
-    and a jittered layout."""
+    with :meth:`adapter` (a :class:`FakeAdapter`) returns or refuses with
+    accdiffusion's errors (``SettingsError``, ``ModelError``); ``pictures()``
+    is a tuple; ``control`` is ``None`` or one control image per window
+    (:func:`check_structure_guidance`), for a grid and a jittered layout."""
 
     stage = "structure_guidance"
+
+    def adapter(self) -> Any:
+        """The adapter given to ``prepare``: a :class:`FakeAdapter` (no UNet);
+        override it for a stage that checks its models against a real one."""
+        return FakeAdapter()
 
     def requests(self) -> list[StructureRequest]:
         """Requests of one run: each of another phase (scale), since a stage may
@@ -1383,8 +1391,8 @@ class StructureGuidanceContract(StageContract):
     def test_prepare_returns_or_refuses_with_a_named_error(self) -> None:
         obj = self.make()
         try:
-            obj.prepare(FakeAdapter())
-        except (SettingsError, ModelError):
+            obj.prepare(self.adapter())
+        except AccDiffusionError:
             pass
         except Exception as exc:  # noqa: BLE001
             raise AssertionError(f"prepare raised {type(exc).__name__} ({exc}); refuse with SettingsError or "
