@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -203,13 +204,26 @@ def test_api_errors(tiny_sd15_path, no_load):
         accdiffusion.generate("a cat", model=model, stepz=3)
     with pytest.raises(SettingsError, match="settings= is not an option"):
         accdiffusion.generate("a cat", model=model, settings={"steps": 3})
-    for field in ("progressive", "skip_residual", "local_path", "jitter", "gaussian_smoothing", "save_stages"):
+    for field in ("progressive", "skip_residual", "local_path", "save_stages"):
         for value in ("false", "true", 0, 1, None):
             with pytest.raises(SettingsError, match=f"{field}={value!r} is not allowed: a boolean"):
                 accdiffusion.generate("a cat", model=model, **{field: value})
-    for field in ("guidance_scale", "c", "sigma", "attention_strength", "steps"):
+    # plugin options also take their command-line spellings ("false"), nothing else
+    for alias, key in (("jitter", "sliding_window.jitter"), ("gaussian_smoothing", "window_interaction.gaussian_smoothing")):
+        for value in ("maybe", 0, 1, None):
+            with pytest.raises(SettingsError, match=re.escape(f"option {key} (given as {alias!r})={value!r} of the ")
+                               + ".* is not allowed: .*true or false"):
+                accdiffusion.generate("a cat", model=model, **{alias: value})
+    for field in ("guidance_scale", "attention_strength", "steps"):
         with pytest.raises(SettingsError, match=f"{field}=True is not allowed"):
             accdiffusion.generate("a cat", model=model, **{field: True})
+    for alias, key in (("c", "cross_attention.threshold"), ("sigma", "window_interaction.sigma")):
+        with pytest.raises(SettingsError, match=re.escape(f"option {key} (given as {alias!r})=True of the")):
+            accdiffusion.generate("a cat", model=model, **{alias: True})
+    with pytest.raises(SettingsError, match=r"option c=0.5 is for the "
+                                            r"prompt_decomposer 'cross_attention' or the prompt_decomposer 'sam', "
+                                            r"which is not selected \(this run's prompt_decomposer is 'identical'\)"):
+        accdiffusion.generate("a cat", model=model, c=0.5, prompt_decomposer="identical")
     with pytest.raises(SettingsError, match="prompt=None is not allowed: a string"):
         accdiffusion.generate(None, model=model)
     with pytest.raises(SettingsError, match="plugin_options=3"):

@@ -59,8 +59,17 @@ def test_same_seed_same_file(tiny_sd15_path, tmp_path, capsys):
         (["--global-guidance", "fancy"], "unknown global_guidance 'fancy'"),
         (["--height", "16"], "height=16 is not allowed: at least the model's native size 32 px"),
         (["--width", "100"], "width=100 is not allowed: a positive multiple of 8"),
-        (["--c", "1.5"], "c=1.5 is not allowed: a number strictly between 0 and 1"),
-        (["--stride", "17"], "stride=17 is not allowed: at most the window size 16"),
+        (["--c", "1.5"], "option cross_attention.threshold (given as 'c')='1.5' of the prompt_decomposer "
+                         "'cross_attention' from plugin 'prompts' (distribution 'accdiffusion-prompts') is not "
+                         "allowed: a number >= 0 and <= 1"),
+        (["--sigma", "-1"], "option window_interaction.sigma (given as 'sigma')='-1'"),
+        (["--prompt-decomposer", "identical", "--cross-attention-border", "clipped"],
+         "option cross_attention.border='clipped' is for the prompt_decomposer 'cross_attention', which is not "
+         "selected (this run's prompt_decomposer is 'identical')"),
+        (["--option", "nothing.here=1"], "no installed plugin registers a stage called 'nothing'"),
+        (["--option", "cross_attention.size=1"], "has no option 'size'; its options: threshold, border, per_token"),
+        (["--no-jitter", "--option", "sliding_window.jitter=true"], "option sliding_window.jitter is given twice"),
+        (["--stride", "17"], "stride=17 is not allowed: an integer >= 1 (latent pixels), at most the window size 16"),
         (["--steps", "0"], "steps=0 is not allowed: an integer >= 1"),
         (["--image", "missing.png"], "image='missing.png' cannot be read"),
     ],
@@ -132,7 +141,7 @@ def test_help_shows_every_default(capsys):
     with pytest.raises(SystemExit):
         cli.main(["generate", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    for fragment in ("(default: 50;", "(default: 0.3;", "(default: 7.5;", "(default: 16;", "(default: 0.8;",
+    for fragment in ("(default: 50;", "default: 0.3)", "(default: 7.5;", "(default: 16;", "default: 0.8)",
                      "(default: cross_attention)", "(default: window_interaction)", "(default: bicubic_latent)",
                      "(default: sliding_window)", "(default: 3.0)", "(default: float32)", "(default: True)",
                      "(default: False)", "(default: auto)"):

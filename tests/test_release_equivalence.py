@@ -20,7 +20,7 @@ from accdiffusion import Settings, generate
 from accdiffusion.loading import load_pipeline
 from accdiffusion.plugins import PluginHost
 from accdiffusion.schedulers import make_scheduler
-from accdiffusion_dilated import gaussian_kernel
+from accdiffusion_dilated import DilatedGuidance, gaussian_kernel
 
 PROMPT = "a red circle on a white background"
 
@@ -85,9 +85,9 @@ def release_form(adapter, settings, scheduler_name):
                     value[:, :, top:top + window, left:left + window] += st.step(eps, t, view).prev_sample
                     count[:, :, top:top + window, left:left + window] += 1
             local = value / count
-            c3 = 0.99 * cos ** settings.cosine_scale_3 + 0.01
+            c3 = 0.99 * cos ** DilatedGuidance().cosine_scale_3 + 0.01
             k = 2 * s - 1
-            kern = gaussian_kernel(k, settings.sigma * c3).to(z)[None, None].repeat(4, 1, 1, 1)
+            kern = gaussian_kernel(k, DilatedGuidance().sigma * c3).to(z)[None, None].repeat(4, 1, 1, 1)
             blurred = F.conv2d(z, kern, padding=k // 2, groups=4)
             blurred = (blurred - blurred.mean()) / blurred.std() * z.std() + z.mean()
             glob = torch.zeros_like(z)
@@ -111,7 +111,8 @@ def release_form(adapter, settings, scheduler_name):
 @pytest.mark.parametrize("scheduler", ["euler", "ddim"])
 def test_sampler_equals_release_loop(family, scheduler, tiny_sd15_path, tiny_sdxl_path):
     pipe = load_pipeline(str(tiny_sd15_path if family == "sd15" else tiny_sdxl_path))
-    settings = Settings(prompt=PROMPT, scale=3, steps=4, seed=11, jitter=False, prompt_decomposer="identical",
+    settings = Settings(prompt=PROMPT, scale=3, steps=4, seed=11, plugin_options={"jitter": False},
+                        prompt_decomposer="identical",
                         global_guidance="dilated", scheduler=scheduler)
     ours = generate(PROMPT, pipeline=pipe, scale=3, steps=4, seed=11, jitter=False, prompt_decomposer="identical",
                     global_guidance="dilated", scheduler=scheduler).latents

@@ -98,7 +98,7 @@ def test_each_window_gets_the_region_of_the_control_image_under_it(tmp_path):
     marker = _Marker((latent[0] * v, latent[1] * v), at)
     path = tmp_path / "control.png"
     marker().save(path)
-    guidance = ControlNetGuidance(object(), control_image=str(path))
+    guidance = ControlNetGuidance(image=str(path)).with_model(object())
     windows = (Window(0, 0, 16, 16), Window(5, 14, 16, 16), Window(11, 27, 16, 16), Window(pad + 8, pad + 20, 16, 16))
     request = StructureRequest(scale=2, layout=WindowLayout(windows, *latent, pad), latent_size=latent, vae_scale_factor=v,
                                steps=4, previous_image=lambda: pytest.fail("a control image needs no decoding"))
@@ -162,7 +162,7 @@ def test_cli_bad_inputs_write_nothing(tiny_sd15_path, controlnets, tmp_path, cap
     bad_image.write_text("no pixels here")
     cases = [
         (["--structure-guidance", "controlnet", "--controlnet", str(controlnets["sd15"]),
-          "--control-image", str(bad_image)], "control_image="),
+          "--control-image", str(bad_image)], "option controlnet.image="),
         (["--lora", str(tmp_path / "missing.safetensors")], "does not exist"),
         (["--lora", "x.safetensors:big"], "is not a number"),
         (["--structure-guidance", "controlnet", "--controlnet", str(controlnets["sdxl"])], "addition_embed_type"),
@@ -291,6 +291,9 @@ class _Recorder:
 
     def prepare(self, adapter):
         self.prepared += 1
+
+    def pictures(self):
+        return ()
 
     def control(self, request):
         self.requests.append(request)

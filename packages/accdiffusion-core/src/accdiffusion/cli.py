@@ -492,9 +492,52 @@ def options_listing(host: Any) -> str:
     return "\n".join(lines)
 
 
+#: Set when this process received SIGINT (see :func:`main`).
+_INTERRUPTED: list[bool] = []
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    """Remember the interrupt, then raise ``KeyboardInterrupt`` as Python does."""
+    _INTERRUPTED.append(True)
+    raise KeyboardInterrupt
+
+
+def _interrupted() -> int:
+    """Say so and return 130. After a real SIGINT the process ends here at
+    once (``os._exit``): an interrupt inside a library's import can leave a
+    half-initialised module whose clean-up at shutdown raises again."""
+    _close_progress_bars()
+    print("\naccdiffusion: interrupted", file=sys.stderr)
+    if _INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    return 130
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit status (0 success, 1 out of
-    memory or a failed process group, 2 a bad value, 130 interrupted)."""
+    memory or a failed process group, 2 a bad value, 130 interrupted).
+
+    An interrupt that lands inside a library's import can surface as another
+    exception (an ``ImportError`` from a half-initialised extension module);
+    after a SIGINT any error counts as the interrupt."""
+    import signal
+
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.default_int_handler:
+        try:
+            signal.signal(signal.SIGINT, _on_sigint)
+        except ValueError:  # not the main thread: keep Python's handler
+            previous = None
+    try:
+        return _main(argv)
+    finally:
+        if previous is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -505,18 +548,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "ui":
             return cmd_ui(args)
         return cmd_plugins(args)
+    except KeyboardInterrupt:
+        return _interrupted()
     except (ResourceError, DistributedError) as exc:
+        if _INTERRUPTED:
+            return _interrupted()
         _close_progress_bars()
         print(f"accdiffusion: error: {exc}", file=sys.stderr)
         return 1
     except AccDiffusionError as exc:
+        if _INTERRUPTED:
+            return _interrupted()
         _close_progress_bars()
         print(f"accdiffusion: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        _close_progress_bars()
-        print("\naccdiffusion: interrupted", file=sys.stderr)
-        return 130
+    except Exception:
+        if _INTERRUPTED:
+            return _interrupted()
+        raise
 
 
 if __name__ == "__main__":

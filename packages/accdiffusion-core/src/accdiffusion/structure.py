@@ -143,9 +143,12 @@ class ControlNetGuidance:
     canny_sigma: float = option(DEFAULT_CANNY_SIGMA, minimum=0.0, maximum=1.0, aliases=("canny_sigma",),
                                 help="canny thresholds at (1 -/+ this) x the median intensity of the previous "
                                      "phase's image")
-    scale: float = option(0.5, minimum=0.0, help="conditioning scale of the ControlNet's residuals")
-    start: float = option(0.0, minimum=0.0, maximum=1.0, help="fraction of each phase's steps before it starts")
-    end: float = option(1.0, minimum=0.0, maximum=1.0, help="fraction of each phase's steps after which it stops")
+    scale: float = option(0.5, minimum=0.0, aliases=("controlnet_scale",),
+                          help="conditioning scale of the ControlNet's residuals")
+    start: float = option(0.0, minimum=0.0, maximum=1.0, aliases=("controlnet_start",),
+                          help="fraction of each phase's steps before it starts")
+    end: float = option(1.0, minimum=0.0, maximum=1.0, aliases=("controlnet_end",),
+                        help="fraction of each phase's steps after which it stops")
     _state: dict = attrs.field(factory=dict, init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
