@@ -72,10 +72,12 @@ def test_paper_is_every_step_from_noise():
     assert PaperSchedule().plan(schedule_request((2, 3), 7)) == PaperSchedule().plan(schedule_request((2, 3), 7))
 
 
-@pytest.mark.xfail(strict=True, reason="PluginHost.check_options checks each value against its declaration only; "
-                                       "the options class's own checks (a readable control image, start < end) "
-                                       "run when the stage is built, which generate() does after the model loads")
 def test_a_missing_control_image_is_refused_by_check_options():
     settings = Settings(prompt="x", plugin_options={"controlnet.image": "/no/such/control.png"})
     with pytest.raises(SettingsError, match="controlnet.image"):
         host_with().check_options(settings, {"structure_guidance": "controlnet"})
+    crossed = Settings(prompt="x", plugin_options={"controlnet.start": 0.8, "controlnet.end": 0.5})
+    with pytest.raises(SettingsError, match=r"option controlnet.start=0.8 with end=0.5 is not allowed: start must "
+                                            r"be below end \(the structure_guidance 'controlnet' from plugin "
+                                            r"'accdiffusion.builtins' \(distribution 'accdiffusion-core'\)\)"):
+        host_with().check_options(crossed, {"structure_guidance": "controlnet"})

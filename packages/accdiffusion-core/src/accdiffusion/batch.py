@@ -107,18 +107,34 @@ def parse_prompts(path: str | os.PathLike) -> list[Line]:
     return lines
 
 
+def line_options(base: dict[str, Any], line: Line, host: Any) -> dict[str, Any]:
+    """The keywords of ``line``'s run: the command line's ``base`` with the
+    line's own settings on top; plugin options (``plugin_options`` and aliases
+    such as ``c``) of both are merged, the line's winning."""
+    from .api import check_options
+
+    ours = check_options(dict(line.options), host)
+    theirs = check_options(dict(base), host)
+    merged = {**theirs, **ours}
+    plugins = {**dict(theirs.get("plugin_options") or {}), **dict(ours.get("plugin_options") or {})}
+    if plugins:
+        merged["plugin_options"] = plugins
+    return merged
+
+
 def check_lines(lines: list[Line], base: dict[str, Any], host: Any, info: Optional[dict]) -> list[Line]:
     """Each line's settings checked (values, stage names, sizes against the
     model's configs ``info``) before the model loads; refused lines get ``error``."""
-    from .api import check_stage_names
+    from .api import check_stage_names, selected_stages
     from .settings import plan_sizes
 
     out = []
     for line in lines:
         if line.error is None:
             try:
-                settings = Settings(prompt=line.prompt, **{**base, **line.options})
+                settings = Settings(prompt=line.prompt, **line_options(base, line, host))
                 check_stage_names(settings, host, {})
+                host.check_options(settings, selected_stages(settings, {}))
                 if info is not None:
                     plan_sizes(settings, info["native_size"], info["vae_scale_factor"])
             except (AccDiffusionError, TypeError, ValueError) as exc:
@@ -141,7 +157,7 @@ def run_line(pipeline: Any, host: Any, line: Line, base: dict[str, Any], out_dir
     t0 = time.perf_counter()
     entry: dict[str, Any] = {"line": line.number, "prompt": line.prompt}
     try:
-        result = generate(line.prompt, pipeline=pipeline, host=host, **{**base, **line.options})
+        result = generate(line.prompt, pipeline=pipeline, host=host, **line_options(base, line, host))
         record = dict(result.record)
         record["model"] = {**record["model"], **model}
         record["batch"] = {"prompts_file": prompts_file, "line": line.number}

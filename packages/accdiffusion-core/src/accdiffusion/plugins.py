@@ -71,18 +71,23 @@ class Registration:
         dist = f" (distribution {self.distribution!r})" if self.distribution and self.distribution != self.plugin else ""
         return f"plugin {self.plugin!r}{dist}"
 
+    def make_options(self, values: Mapping[str, Any]) -> Any:
+        """``options(**values)``: the checks of the options class itself (across
+        options, files it reads) as a :class:`SettingsError` naming this stage."""
+        try:
+            return self.options(**values)
+        except SettingsError as exc:
+            field, _, rest = str(exc).partition("=")
+            raise SettingsError(f"option {self.name}.{field}={rest} (the {self.stage} {self.name!r} from "
+                                f"{self.source()})") from None
+
     def build(self, settings: Any, values: Mapping[str, Any]) -> Any:
         """The stage object for a run: ``options(**values)`` when the target is
         its own options class; ``target(settings, options(**values))`` with a
         separate options class; ``target(settings)`` without options."""
         if self.options is None:
             return self.target(settings)
-        try:
-            opts = self.options(**values)
-        except SettingsError as exc:
-            field, _, rest = str(exc).partition("=")
-            raise SettingsError(f"option {self.name}.{field}={rest} (the {self.stage} {self.name!r} from "
-                                f"{self.source()})") from None
+        opts = self.make_options(values)
         return opts if self.options is self.target else self.target(settings, opts)
 
 
@@ -112,7 +117,9 @@ class StagePlugin:
         plugin = StagePlugin([StageEntry("tiler", "grid", GridTiler, "a plain grid")])
     """
 
-    def __init__(self, entries: Sequence[StageEntry]) -> None:
+    def __init__(self, entries: Sequence[StageEntry], name: Optional[str] = None) -> None:
+        #: the name the plugin manager knows it by when it is not loaded from an entry point
+        self.plugin_name = name
         for entry in entries:
             if not isinstance(entry, StageEntry):
                 raise PluginError(f"a registration list holds StageEntry lines, not {entry!r}")
@@ -281,7 +288,8 @@ class PluginHost:
         if entry_points:
             self._load_entry_points()
         for plugin in plugins:
-            self.pm.register(plugin)
+            self.pm.register(plugin, name=getattr(plugin, "plugin_name", None)
+                             if isinstance(plugin, StagePlugin) else None)
         self.pm.check_pending()
         distributions = {self.pm.get_name(plugin): _distribution_name(dist)
                          for plugin, dist in self.pm.list_plugin_distinfo()}
@@ -422,7 +430,9 @@ class PluginHost:
             for reg, opt in live:
                 _parsed(reg, opt, key, raw)
         for stage, reg in chosen.items():
-            self.options_for(stage, reg.name, settings)
+            values = self.options_for(stage, reg.name, settings)
+            if reg.options is not None:
+                reg.make_options(values)  # the options class's own checks, before any model loads
 
     def adapt(self, pipeline: Any, settings: Any) -> Any:
         """The model adapter that claims ``pipeline``."""

@@ -175,11 +175,17 @@ class Engine:
         """Each field's starting value: the model's recommendation, else the Settings default."""
         from .stages import STAGES
 
-        values = {name: self.defaults.get(name, _SETTINGS_DEFAULTS.get(name)) for name in FIELDS if name != "prompt"}
+        values = {name: self.defaults.get(name, _SETTINGS_DEFAULTS.get(name, self._alias_default(name)))
+                  for name in FIELDS if name != "prompt"}
         values["prompt"] = ""
         for stage in STAGES:
             values[stage] = self.defaults.get(stage, _SETTINGS_DEFAULTS[stage])
         return values
+
+    def _alias_default(self, name: str) -> Any:
+        """The default of the plugin option a field sets through its alias (``c``)."""
+        targets = self.host.registry.aliases().get(name)
+        return targets[0][1].default if targets else None
 
     def choices(self) -> dict[str, list[str]]:
         """The installed names of every stage (``none`` included where it switches a stage off)."""
@@ -210,12 +216,13 @@ class Engine:
 
     def check(self, values: dict[str, Any]) -> Settings:
         """Every check the CLI makes before a run: :class:`AccDiffusionError` for a bad value."""
-        from .api import check_stage_names
+        from .api import check_options, check_stage_names, selected_stages
         from .settings import plan_sizes
 
         prompt = values.get("prompt")
-        settings = Settings(prompt="" if prompt is None else prompt, **self.options(values))
+        settings = Settings(prompt="" if prompt is None else prompt, **check_options(self.options(values), self.host))
         check_stage_names(settings, self.host, {})
+        self.host.check_options(settings, selected_stages(settings, {}))
         plan_sizes(settings, self.native_size, self.vae_scale_factor)
         return settings
 
