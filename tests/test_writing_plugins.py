@@ -85,11 +85,24 @@ def example(tmp_path_factory) -> Path:
     return folder
 
 
+def setuptools_builds(pyproject: str) -> bool:
+    """Whether this environment's setuptools satisfies the example's build requirement."""
+    try:
+        import setuptools
+    except ImportError:
+        return False
+    need = re.search(r'requires = \["setuptools>=([\d.]+)"\]', pyproject)
+    version = tuple(int(p) for p in re.findall(r"\d+", setuptools.__version__)[:2])
+    return need is None or version >= tuple(int(p) for p in need.group(1).split(".")[:2])
+
+
 @pytest.fixture(scope="module")
 def wheel(example) -> Path:
-    """The page's `pip wheel --no-deps -w dist .`, offline with the environment's setuptools."""
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-         "--disable-pip-version-check", "-q", "-w", "dist", "."], os.environ.copy(), example)
+    """The page's `pip wheel --no-deps -w dist .`: offline with this environment's
+    setuptools when it is recent enough, else as written (pip fetches setuptools)."""
+    offline = ["--no-build-isolation", "--no-index"] if setuptools_builds(FILES["pyproject.toml"]) else []
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", *offline, "--disable-pip-version-check", "-q",
+         "-w", "dist", "."], os.environ.copy(), example)
     wheels = list((example / "dist").glob("*.whl"))
     assert len(wheels) == 1, wheels
     return wheels[0]
@@ -226,3 +239,19 @@ def test_the_pages_python_example_runs(installed_plugin, monkeypatch):
     monkeypatch.setattr(accdiffusion, "generate", quick)
     exec(compile(block, f"{PAGE.name} (Python example)", "exec"), {"__name__": "_writing_plugins_example"})
     assert len(calls) == 2
+
+
+def test_the_pages_refusals(installed_plugin, tmp_path, capsys):
+    """The refusals the page quotes, from the command line (before any model loads)."""
+    from accdiffusion import cli
+
+    m = re.search(r"`(--grid-overlap [^`]+)` is refused\s+\(`accdiffusion: error:\s+(.+?)`, status 2\)", TEXT, re.S)
+    assert m, "the page quotes no refused --grid-overlap value"
+    prompt = "a red circle on a white background"
+    assert cli.main(["generate", prompt, "--tiler", "grid", *m.group(1).split(), "-o", str(tmp_path)]) == 2
+    assert " ".join(capsys.readouterr().err.split()) == "accdiffusion: error: " + " ".join(m.group(2).split())
+    assert "`--grid-overlap 0.75` without `--tiler grid`" in " ".join(TEXT.split())
+    assert cli.main(["generate", prompt, "--grid-overlap", "0.75", "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "option grid.overlap='0.75' is for the tiler 'grid', which is not selected" in err
+    assert not any(tmp_path.iterdir())
