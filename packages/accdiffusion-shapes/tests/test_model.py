@@ -56,8 +56,11 @@ def test_plugin_registers_the_model() -> None:
     from accdiffusion_shapes import plugin
 
     calls = []
-    plugin.accdiffusion_register_models(lambda name, location, **options: calls.append((name, location)))
+    plugin.plugin.accdiffusion_register_models(lambda name, location, *a, **options: calls.append((name, location)))
     assert calls == [("shapes", str(default_model_path()))]
+    from accdiffusion_testing.kit import host_with
+
+    assert host_with(plugin.plugin).model_location("shapes") == str(default_model_path())
 
 
 def test_controlnet_training_script_makes_a_controlnet_that_fits_the_model(tmp_path):

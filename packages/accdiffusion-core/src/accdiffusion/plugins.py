@@ -285,6 +285,7 @@ class PluginHost:
 
         self.pm.register(adapters, name="accdiffusion.adapters")
         self.pm.register(BUILTINS, name="accdiffusion.builtins")
+        self._entry_distributions: dict[str, str] = {}
         if entry_points:
             self._load_entry_points()
         for plugin in plugins:
@@ -293,6 +294,7 @@ class PluginHost:
         self.pm.check_pending()
         distributions = {self.pm.get_name(plugin): _distribution_name(dist)
                          for plugin, dist in self.pm.list_plugin_distinfo()}
+        distributions.update(self._entry_distributions)
         for name in ("accdiffusion.adapters", "accdiffusion.builtins"):
             distributions[name] = "accdiffusion-core"
         self.registry = Registry()
@@ -335,6 +337,8 @@ class PluginHost:
         for ep in found:
             if ep.name in wanted and self.pm.get_plugin(ep.name) is None:
                 self.pm.register(ep.load(), name=ep.name)
+                if ep.dist is not None:
+                    self._entry_distributions[ep.name] = ep.dist.name
 
     def create(self, stage: str, name_or_object: Any, settings: Any) -> Any:
         """The stage object for ``name_or_object``: a registered name is built
