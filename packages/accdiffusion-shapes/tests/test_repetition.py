@@ -51,3 +51,16 @@ def test_summary_means_and_shares():
             acc["seconds_per_image"]) == (2.0, 2.5, 0.5, 0.5, 3.0)
     table = markdown(s, "cmd")
     assert "| 3x | accdiffusion | 2 | 2.00 (1.00) | 0.50 | 2.50 | 50% | 50% | 3.0 |" in table
+
+
+def test_summary_quality_columns():
+    """Speckle and grey tiles are means over the images; rows measured before they existed show '-'."""
+    row = {"factor": 4, "method": "direct", "named": 1, "shape_matched": 1, "expected": 1, "total": 1,
+           "extra": False, "exact": True, "seconds": 1.0, "unet_evaluations": 30}
+    rows = [dict(row, speckle=0.01, grey_tiles=2), dict(row, speckle=0.03, grey_tiles=1)]
+    (s,) = summarize(rows)
+    assert (round(s["speckle"], 6), s["grey_tiles_per_image"]) == (0.02, 1.5)
+    assert "| 4x | direct | 2 | 1.00 (1.00) | 1.00 | 1.00 | 0% | 100% | 1.0 | 30 | 2.00% | 1.50 |" in markdown([s], "c")
+    (old,) = summarize([row])
+    assert old["speckle"] is None
+    assert markdown([old], "c").splitlines()[-1].endswith("| 30 | - | - |")

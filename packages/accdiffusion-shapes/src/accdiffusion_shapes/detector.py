@@ -20,6 +20,7 @@ The detector works at any image size:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,6 +124,41 @@ def detect(
         (row first).
     """
     pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float64)
+    side = reference_size or max(pixels.shape[:2])
+    detections: list[DetectedObject] = []
+    for name, (rows, cols), component in components(
+        pixels, reference_size, color_threshold, chroma_threshold, min_area_fraction
+    ):
+        area = int(component.sum())
+        box_h, box_w = rows.stop - rows.start, cols.stop - cols.start
+        fill = area / float(box_h * box_w)
+        detections.append(
+            DetectedObject(
+                shape=classify_shape(fill),
+                color=name,
+                size="large" if max(box_h, box_w) / side > SIZE_THRESHOLD else "small",
+                bbox=(cols.start, rows.start, cols.stop, rows.stop),
+                area=area,
+                fill_ratio=fill,
+            )
+        )
+    return sorted(detections, key=lambda obj: (obj.bbox[1], obj.bbox[0]))
+
+
+def components(
+    pixels: np.ndarray,
+    reference_size: int | None = None,
+    color_threshold: float = 48.0,
+    chroma_threshold: float = 32.0,
+    min_area_fraction: float = 0.01,
+) -> Iterator[tuple[str, tuple[slice, slice], np.ndarray]]:
+    """The object components that :func:`detect` reads (same arguments, ``pixels`` an ``(H, W, 3)`` array).
+
+    Yields:
+        Per kept component, by palette colour: the colour's name, the
+        component's bounding slices ``(rows, cols)`` and its mask inside them
+        (holes filled).
+    """
     height, width = pixels.shape[:2]
     side = reference_size or max(height, width)
     background = estimate_background(pixels)
@@ -131,26 +167,10 @@ def detect(
     hue_gap = np.abs(hue_degrees(pixels)[..., None] - PALETTE_HUES)
     nearest = np.minimum(hue_gap, 360.0 - hue_gap).argmin(axis=-1)
     min_area = min_area_fraction * side * side
-
-    detections: list[DetectedObject] = []
     for index, name in enumerate(PALETTE_NAMES):
         labels, _ = ndimage.label(foreground & (nearest == index))
         for label, slices in enumerate(ndimage.find_objects(labels), start=1):
             component = ndimage.binary_fill_holes(labels[slices] == label)
-            area = int(component.sum())
-            if area < min_area:
+            if component.sum() < min_area:
                 continue
-            rows, cols = slices
-            box_h, box_w = rows.stop - rows.start, cols.stop - cols.start
-            fill = area / float(box_h * box_w)
-            detections.append(
-                DetectedObject(
-                    shape=classify_shape(fill),
-                    color=name,
-                    size="large" if max(box_h, box_w) / side > SIZE_THRESHOLD else "small",
-                    bbox=(cols.start, rows.start, cols.stop, rows.stop),
-                    area=area,
-                    fill_ratio=fill,
-                )
-            )
-    return sorted(detections, key=lambda obj: (obj.bbox[1], obj.bbox[0]))
+            yield name, slices, component

@@ -14,7 +14,11 @@ and counts the objects in every image with the procedural detector (see
 :func:`count_named` for what counts as a copy). Per method: mean copies of
 the named objects per image against the prompt's count, the share of images
 with extra copies of a named object, the share with exactly the named
-objects and nothing else, mean seconds per image. Writes every image under ``images/``, one
+objects and nothing else, mean seconds per image, and two quality measures
+of :mod:`accdiffusion_shapes.quality` on the unfiltered image: speckle (the
+share of background pixels more than 30 levels from the prompt's background
+colour) and grey tiles (native-size cells whose background's mean colour is
+more than 30 levels from it). Writes every image under ``images/``, one
 ``parts/<factor>x-<method>.json`` per method and factor, and from all parts
 present ``repetition.md`` (table), ``repetition.json`` (every image's counts)
 and ``repetition-<factor>x.png`` (grids: one row per method). Runs for
@@ -49,7 +53,7 @@ from PIL import Image, ImageFilter
 
 from accdiffusion.loading import load_pipeline
 from accdiffusion.viz import grid
-from accdiffusion_shapes import default_model_path, world
+from accdiffusion_shapes import default_model_path, quality, world
 from accdiffusion_shapes.detector import detect
 
 #: ``(prompt, named objects as (colour, shape) -> count)``.
@@ -164,6 +168,10 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "exact_share": sum(r["exact"] for r in sel) / n,
             "seconds_per_image": sum(r["seconds"] for r in sel) / n,
             "unet_evaluations_per_image": sum(r.get("unet_evaluations", 0) for r in sel) / n,
+            # None for images measured before the quality columns existed
+            "speckle": (sum(r["speckle"] for r in sel) / n) if all("speckle" in r for r in sel) else None,
+            "grey_tiles_per_image": (sum(r["grey_tiles"] for r in sel) / n)
+            if all("grey_tiles" in r for r in sel) else None,
         })
     return out
 
@@ -173,16 +181,18 @@ def markdown(summary: list[dict[str, Any]], command: str) -> str:
     lines = [
         "| factor | method | images | copies of named objects / image (prompt's count) | of those with the named "
         "shape | all objects / image | images with extra copies | images exactly as prompted | s / image "
-        "| UNet evaluations / image |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| UNet evaluations / image | speckle | grey tiles / image |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
+        speckle = "-" if s.get("speckle") is None else f"{100 * s['speckle']:.2f}%"
+        tiles = "-" if s.get("grey_tiles_per_image") is None else f"{s['grey_tiles_per_image']:.2f}"
         lines.append(
             f"| {s['factor']}x | {s['method']} | {s['images']} | {s['named_per_image']:.2f} "
             f"({s['expected_per_image']:.2f}) | {s['shape_matched_per_image']:.2f} | {s['total_per_image']:.2f} "
             f"| {100 * s['extra_share']:.0f}% "
             f"| {100 * s['exact_share']:.0f}% | {s['seconds_per_image']:.1f} "
-            f"| {s['unet_evaluations_per_image']:.0f} |"
+            f"| {s['unet_evaluations_per_image']:.0f} | {speckle} | {tiles} |"
         )
     return f"Command: `{command}`\n\n" + "\n".join(lines) + "\n"
 
@@ -286,12 +296,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         image, seconds, evaluations = run_one(method, pipe, prompt, factor, seed, args.steps, args.guidance,
                                                  args.negative_prompt)
                         counts = count_named(image, named, native)
+                        measures = quality.measure(image, native, world.parse_prompt(prompt)[0])
                         name = folder / f"{k}-{seed}.png"
                         image.save(name)
                         rows.append({"factor": factor, "method": method, "prompt": prompt, "prompt_index": k,
                                      "seed": seed, "seconds": round(seconds, 3), "unet_evaluations": evaluations,
-                                     "image": str(name.relative_to(out)), **counts})
+                                     "image": str(name.relative_to(out)), **counts,
+                                     "speckle": measures["speckle"], "grey_tiles": measures["grey_tiles"],
+                                     "tile_cells": measures["tile_cells"]})
                         print(f"{factor}x {method:<15} seed {seed} {prompt!r}: {counts['per_object']} "
+                              f"speckle {100 * measures['speckle']:.2f}% grey tiles {measures['grey_tiles']} "
                               f"({seconds:.1f} s)", flush=True)
                 (out / "parts" / f"{factor}x-{method}.json").write_text(json.dumps(rows, indent=2))
     print(summarize_folder(out, command))
