@@ -18,7 +18,8 @@ TINY = ["--batch-size", "2", "--sample-every", "0", "--threads", "1", "--unet-ch
 
 def test_batches_without_crops_are_the_first_editions_data() -> None:
     """With crop fraction 0 no coin is drawn: the images are exactly world.sample's sequence."""
-    pixels, captions = training.make_batch(np.random.default_rng(4), 6, 0.0, 2, crop_fraction=0.0)
+    pixels, captions, crops = training.make_batch(np.random.default_rng(4), 6, 0.0, 2, crop_fraction=0.0)
+    assert not crops.any()
     rng = np.random.default_rng(4)
     for index in range(6):
         image, text, _ = world.sample(rng, supersample=2)
@@ -29,7 +30,8 @@ def test_batches_without_crops_are_the_first_editions_data() -> None:
 
 def test_batch_mix_follows_the_crop_fraction_and_the_seed() -> None:
     """All crops at fraction 1, about half at 0.5, the same batch from the same seed."""
-    _, only_crops = training.make_batch(np.random.default_rng(1), 40, 0.0, 2, crop_fraction=1.0)
+    _, only_crops, flags = training.make_batch(np.random.default_rng(1), 40, 0.0, 2, crop_fraction=1.0)
+    assert flags.all()
     rng = np.random.default_rng(1)
     expected = []
     for _ in range(40):
@@ -41,7 +43,8 @@ def test_batch_mix_follows_the_crop_fraction_and_the_seed() -> None:
 
     first = training.make_batch(np.random.default_rng(2), 200, 0.0, 2, crop_fraction=0.5)
     second = training.make_batch(np.random.default_rng(2), 200, 0.0, 2, crop_fraction=0.5)
-    assert torch.equal(first[0], second[0]) and first[1] == second[1]
+    assert torch.equal(first[0], second[0]) and first[1] == second[1] and torch.equal(first[2], second[2])
+    assert 70 < int(first[2].sum()) < 130
     sized = sum(bool({"small", "large"} & set(text.split())) for text in first[1])
     assert 30 < sized < 100  # whole scenes name a size about half the time, crops never
 
@@ -109,3 +112,17 @@ def test_init_from_starts_from_the_folders_weights(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         training.main(["--out", str(out), "--steps", "2", "--resume", *TINY, "--lr", "0"])
     assert exit_info.value.code == 2
+
+
+def test_crops_are_noised_only_below_the_crop_limit() -> None:
+    """Whole scenes keep the full range of timesteps; crops stay below the limit; without a limit the
+    draws are those of the first edition."""
+    crops = torch.tensor([True, False] * 500)
+    torch.manual_seed(0)
+    timesteps = training.draw_timesteps(crops, 1000, 300)
+    assert int(timesteps[crops].max()) < 300 and int(timesteps[~crops].max()) >= 900
+    torch.manual_seed(0)
+    unlimited = training.draw_timesteps(crops, 1000, 1000)
+    torch.manual_seed(0)
+    assert torch.equal(unlimited, torch.randint(0, 1000, (1000,)))
+    assert torch.equal(unlimited[~crops], timesteps[~crops])

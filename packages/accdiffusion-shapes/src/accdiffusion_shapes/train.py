@@ -17,7 +17,12 @@ native-size crop of a scene rendered at 2x-4x (:func:`world.sample_crop`:
 objects cut by the crop keep their shape word, barely visible ones never
 occur), and otherwise a whole scene at native size, so the model learns to
 draw part of an object, which is what the windows of a high-resolution
-generation see.  ``--init-from`` starts from the weights of an existing
+generation see.  Crops are noised only to timesteps below
+``--crop-max-timestep`` (default 500 of 1000): the noisiest steps, where a
+generation's layout is decided, see whole scenes only, so that a prompt at
+native size still gives whole objects rather than objects cut by the border
+(the caption cannot say whether an image is a crop), while the later steps,
+where a window's detail is drawn, learn to finish part of an object.  ``--init-from`` starts from the weights of an existing
 pipeline folder (fine-tuning, e.g. from the shipped model) instead of a
 random initialisation.
 
@@ -158,27 +163,41 @@ def make_batch(
     crop_fraction: float = 0.0,
     crop_scene_sizes: tuple[int, int] = world.CROP_SCENE_SIZES,
     crop_min_visible: float = world.CROP_MIN_VISIBLE,
-) -> tuple[torch.Tensor, list[str]]:
-    """Render ``batch_size`` training images as a tensor in ``[-1, 1]`` with their captions.
+) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """Render ``batch_size`` training images as a tensor in ``[-1, 1]`` with their captions and which are crops.
 
     Each image is a native-size crop of a larger scene (:func:`world.sample_crop`)
     with probability ``crop_fraction`` and a whole scene otherwise; with
     ``crop_fraction`` 0 no coin is drawn, so the data are exactly those of
     the first edition.  Each caption is replaced by ``""`` with probability
-    ``drop_prob``.
+    ``drop_prob``.  The third value is a boolean tensor, true for the crops.
     """
-    images, captions = [], []
+    images, captions, crops = [], [], []
     for _ in range(batch_size):
         if crop_fraction > 0 and rng.random() < crop_fraction:
             image, text, _crop = world.sample_crop(
                 rng, supersample=supersample, scene_sizes=crop_scene_sizes, min_visible=crop_min_visible
             )
+            crops.append(True)
         else:
             image, text, _scene = world.sample(rng, supersample=supersample)
+            crops.append(False)
         images.append(np.asarray(image, dtype=np.float32))
         captions.append("" if rng.random() < drop_prob else text)
     pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) / 127.5 - 1.0
-    return pixels, captions
+    return pixels, captions, torch.tensor(crops, dtype=torch.bool)
+
+
+def draw_timesteps(crops: torch.Tensor, num_train_timesteps: int, crop_max_timestep: int) -> torch.Tensor:
+    """Training timesteps: uniform below ``num_train_timesteps``, and below ``crop_max_timestep`` for crops.
+
+    Whole-scene timesteps are drawn first (as in the first edition); the crops'
+    are redrawn only when the limit is below ``num_train_timesteps``.
+    """
+    timesteps = torch.randint(0, num_train_timesteps, (len(crops),))
+    if crop_max_timestep < num_train_timesteps and bool(crops.any()):
+        timesteps[crops] = torch.randint(0, crop_max_timestep, (int(crops.sum()),))
+    return timesteps
 
 
 class CaptionEncoder:
@@ -276,6 +295,7 @@ CONFIG_OPTIONS: tuple[str, ...] = (
     "crop_fraction",
     "crop_scene_sizes",
     "crop_min_visible",
+    "crop_max_timestep",
     "unet_channels",
     "text_width",
     "text_layers",
@@ -394,6 +414,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=world.CROP_MIN_VISIBLE,
         help="visible share of a crop's area for an object to be named (less but not nothing: the crop is redrawn)",
     )
+    parser.add_argument(
+        "--crop-max-timestep",
+        type=int,
+        default=500,
+        help="crops are noised only to timesteps below this (of 1000; 1000: every timestep), so the noisiest "
+        "steps, which decide the layout, learn whole scenes only",
+    )
     parser.add_argument("--unet-channels", type=int, nargs="+", default=[32, 64, 96], help="UNet block widths")
     parser.add_argument("--text-width", type=int, default=64, help="text encoder width (= cross-attention dim)")
     parser.add_argument("--text-layers", type=int, default=3, help="text encoder layers")
@@ -502,7 +529,7 @@ def train(args: argparse.Namespace) -> Path:
             lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            pixels, captions = make_batch(
+            pixels, captions, crops = make_batch(
                 rng,
                 args.batch_size,
                 args.drop_prob,
@@ -513,7 +540,7 @@ def train(args: argparse.Namespace) -> Path:
             )
             noise = torch.randn_like(pixels)
             noise += args.offset_noise * torch.randn(len(pixels), pixels.shape[1], 1, 1)
-            timesteps = torch.randint(0, len(alphas_cumprod), (len(pixels),))
+            timesteps = draw_timesteps(crops, len(alphas_cumprod), args.crop_max_timestep)
             alpha = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
             noisy = alpha.sqrt() * pixels + (1.0 - alpha).sqrt() * noise
             context = text_encoder(encode(captions))[0]
