@@ -1,15 +1,16 @@
 """A small text-to-image diffusion model of a synthetic "shapes world".
 
-Diffusers loads the model's pixel codec by the library name recorded in
-``model_index.json`` (``getattr(accdiffusion_shapes, "PixelCodec")``); the
-codec, and with it diffusers, is imported on that first access, so that
-registering the model (``accdiffusion plugins``, ``--help``) stays light.
+Importing the package also imports :mod:`accdiffusion_shapes.codec`, which
+diffusers needs in ``sys.modules`` to load the model's pixel codec from the
+library name recorded in ``model_index.json`` (diffusers imports no module a
+folder names).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+
+from accdiffusion_shapes.codec import PixelCodec
 
 __all__ = ["PixelCodec", "default_model_path"]
 
@@ -23,10 +24,3 @@ def default_model_path() -> Path:
     """Return the folder of the shipped ``StableDiffusionPipeline`` (native size 32x32)."""
     return Path(__file__).resolve().parent / "model"
 
-
-def __getattr__(name: str) -> Any:
-    if name == "PixelCodec":
-        from accdiffusion_shapes.codec import PixelCodec
-
-        return PixelCodec
-    raise AttributeError(f"module 'accdiffusion_shapes' has no attribute {name!r}")
