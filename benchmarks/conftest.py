@@ -120,6 +120,7 @@ def blob_attention_maps(n_words: int, side: int = 32, seed: int = 0) -> Attentio
                          latent_per_map=4)
 
 
+@attrs.frozen
 class PrecomputedAttentionDecomposer(CrossAttentionDecomposer):
     """The default ``cross_attention`` decomposer fed crafted maps instead of captured ones.
 
@@ -131,9 +132,7 @@ class PrecomputedAttentionDecomposer(CrossAttentionDecomposer):
     needs_attention = False
     fixed_windows = True
 
-    def __init__(self, maps: AttentionMaps, *, threshold: float = 0.3) -> None:
-        super().__init__(threshold=threshold)
-        self.maps = maps
+    maps: AttentionMaps = attrs.field(kw_only=True, eq=False, repr=False)
 
     def decompose(self, request: DecomposeRequest) -> PatchPrompts:
         """:meth:`CrossAttentionDecomposer.decompose` with :attr:`maps` as the attention."""
@@ -195,7 +194,7 @@ def make_sampler(attention_maps: AttentionMaps) -> Callable[[], tuple[Sampler, F
         adapter = FakeSDXLAdapter(full_size_decode=False)
         sampler = Sampler(
             adapter,
-            prompt_decomposer=PrecomputedAttentionDecomposer(attention_maps),
+            prompt_decomposer=PrecomputedAttentionDecomposer(maps=attention_maps),
             tiler=SlidingWindowTiler(jitter=True),
             global_guidance=WindowInteractionGuidance(),
             upscaler=BicubicLatentUpscaler(),

@@ -113,9 +113,13 @@ def test_stage_objects_and_test_plugins_compose(pipes):
 
     class Shout:
         needs_attention = False
+        fixed_windows = False
 
         def decompose(self, request):
             return PatchPrompts(tuple(request.prompt.upper() for _ in request.layout.windows))
+
+        def word_masks(self, attention):
+            return None
 
     host = PluginHost([ShoutPlugin()])
     result = generate(PROMPT, pipeline=pipes["sd15"], host=host, scale=2, prompt_decomposer="shout",
@@ -172,6 +176,9 @@ def test_global_guidance_can_ask_for_its_own_prompts_and_crops(pipes):
     seen = []
 
     class OwnPrompt:
+        def views(self, request):
+            return None  # not batched with the windows: the sampler calls predict
+
         def predict(self, request):
             z = request.latents
             view = torch.nn.functional.interpolate(z, size=(16, 16), mode="bilinear")
