@@ -119,3 +119,36 @@ def test_adapter_hook_first_result_wins_and_unknown_pipeline_is_refused():
     assert host.adapt(types.SimpleNamespace(), None) is sentinel
     with pytest.raises(PluginError, match="no model adapter handles a Tensor"):
         host.adapt(torch.zeros(1), None)
+
+
+def _installed(folder, dist, module, source):
+    """A distribution 'installed' in ``folder`` (a dist-info with an ``accdiffusion``
+    entry point, and its module), as pip would leave it."""
+    (folder / f"{module}.py").write_text(source)
+    info = folder / f"{dist.replace('-', '_')}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[accdiffusion]\n{module} = {module}:plugin\n")
+
+
+def test_two_distributions_registering_one_name_are_both_named(tmp_path, monkeypatch, capsys):
+    source = ("import attrs\nfrom accdiffusion import StageEntry, StagePlugin\n"
+              "from accdiffusion_tiling import SlidingWindowTiler\n"
+              "plugin = StagePlugin([StageEntry('tiler', 'grid', SlidingWindowTiler, 'a grid')])\n")
+    _installed(tmp_path, "first-grid", "first_grid", source)
+    _installed(tmp_path, "second-grid", "second_grid", source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("ACCDIFFUSION_PLUGINS", "first_grid,second_grid,tiling")
+    expected = ("tiler 'grid' is registered twice: by plugin 'first_grid' (distribution 'first-grid') and by "
+                "plugin 'second_grid' (distribution 'second-grid'); uninstall one of the two distributions")
+    with pytest.raises(PluginError) as err:
+        PluginHost()
+    assert str(err.value) == expected
+    monkeypatch.delenv("ACCDIFFUSION_PLUGINS")
+    with pytest.raises(PluginError, match="registered twice: by plugin '(first|second)_grid' "
+                                          r"\(distribution '(first|second)-grid'\)"):
+        PluginHost()  # every installed entry point, as the command line loads them
+    from accdiffusion import cli
+
+    assert cli.main(["plugins"]) == 2
+    assert "distribution 'first-grid'" in capsys.readouterr().err

@@ -210,8 +210,9 @@ class Registry:
                                distribution or plugin, stage)
             if name in table:
                 other = table[name]
-                raise PluginError(f"{stage} {name!r} is registered twice: by {other.source()} and by "
-                                  f"{reg.source()}; uninstall one of the two distributions")
+                first, second = sorted((other.source(), reg.source()))
+                raise PluginError(f"{stage} {name!r} is registered twice: by {first} and by {second}; "
+                                  "uninstall one of the two distributions")
             table[name] = reg
 
         return register
