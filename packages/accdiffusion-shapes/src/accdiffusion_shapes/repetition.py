@@ -83,6 +83,9 @@ METHODS: dict[str, Optional[dict[str, str]]] = {
                                 "structure_guidance": "controlnet"},
     "fast-start-0.8": {"prompt_decomposer": "cross_attention", "global_guidance": "window_interaction",
                        "schedule": "fast", "plugin_options": {"fast.start_fraction": "0.8"}},
+    # the full method with the instance decomposer (accdiffusion-instance): an object's words only for the
+    # window(s) holding most of the object
+    "accdiffusion-instance": {"prompt_decomposer": "instance", "global_guidance": "window_interaction"},
 }
 
 #: Methods run unless ``--methods`` says otherwise (the start sweep is asked for by name).
