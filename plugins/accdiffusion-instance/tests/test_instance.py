@@ -107,7 +107,7 @@ def test_two_instances_of_one_word_go_to_their_two_windows() -> None:
 
 
 def test_a_background_word_stays_in_every_window() -> None:
-    result = decompose(InstanceDecomposer(), "a red circle", [BACKGROUND, OBJECT, OBJECT])
+    result = decompose(InstanceDecomposer(background="everywhere"), "a red circle", [BACKGROUND, OBJECT, OBJECT])
     assert windows_with(result, "a") == list(range(16))
     assert result.prompts[window(1, 1)] == "a red circle"
     assert all(p == "a" for k, p in enumerate(result.prompts) if k != window(1, 1))
@@ -115,7 +115,7 @@ def test_a_background_word_stays_in_every_window() -> None:
 
 def test_background_paper_keeps_a_background_word_where_the_paper_rule_does() -> None:
     masks = [BACKGROUND, OBJECT, OBJECT]
-    result = decompose(InstanceDecomposer(background="paper", threshold=0.8), "a red circle", masks)
+    result = decompose(InstanceDecomposer(threshold=0.8), "a red circle", masks)
     fractions = word_window_fractions(torch.stack(masks), grid4(), SCALE, 4)
     expected = [k for k in range(16) if fractions[0, k] >= 0.8]
     # the four windows the object touches keep 0, 0.5, 0.5 and 0.75 of the background
@@ -125,8 +125,12 @@ def test_background_paper_keeps_a_background_word_where_the_paper_rule_does() ->
 
 def test_background_area_decides_what_is_background() -> None:
     # the object covers 9 of 64 cells (0.14): background when the bound is lower
-    result = decompose(InstanceDecomposer(background_area=0.1), "red circle", [OBJECT, OBJECT])
+    result = decompose(InstanceDecomposer(background_area=0.1, background="everywhere"), "red circle",
+                       [OBJECT, OBJECT])
     assert windows_with(result, "red") == list(range(16))
+    # by the paper's rule: the windows it covers at least c = 0.3 of
+    result = decompose(InstanceDecomposer(background_area=0.1), "red circle", [OBJECT, OBJECT])
+    assert windows_with(result, "red") == [window(1, 1), window(1, 2), window(2, 1)]
     result = decompose(InstanceDecomposer(background_area=0.9), "a red circle", [BACKGROUND, OBJECT, OBJECT])
     # the "background" word's mask (0.86 of the map) is now an object: one region, one window
     assert len(windows_with(result, "a")) == 1
@@ -158,7 +162,7 @@ def test_words_of_one_object_travel_together() -> None:
 def test_two_objects_of_one_prompt_go_to_their_own_windows() -> None:
     square, circle = cells((0, 2, 0, 2)), cells((6, 8, 6, 8))
     # "and" attends to both objects: one instance joins each; the second "a" attends to the circle
-    result = decompose(InstanceDecomposer(), "a red square and a blue circle",
+    result = decompose(InstanceDecomposer(background="everywhere"), "a red square and a blue circle",
                        [~(square | circle), square, square, square | circle, circle, circle, circle])
     assert result.prompts[window(0, 0)] == "a red square and"
     assert result.prompts[window(3, 3)] == "a and a blue circle"
@@ -294,7 +298,8 @@ def test_region_window_shares_sum_to_one_over_a_partition() -> None:
 
 def test_jittered_windows_in_the_padding() -> None:
     layout = jittered(grid4(), 3, generator(1))
-    result = decompose(InstanceDecomposer(), "a red circle", [BACKGROUND, OBJECT, OBJECT], layout)
+    result = decompose(InstanceDecomposer(background="everywhere"), "a red circle", [BACKGROUND, OBJECT, OBJECT],
+                       layout)
     assert len(result.prompts) == 16 and windows_with(result, "a") == list(range(16))
     assert len(windows_with(result, "red")) == 1 and windows_with(result, "red") == windows_with(result, "circle")
 
@@ -313,15 +318,15 @@ def test_is_a_mask_decomposer_with_the_paper_options() -> None:
     decomposer = InstanceDecomposer()
     assert isinstance(decomposer, MaskDecomposer) and isinstance(decomposer, accdiffusion.PromptDecomposer)
     assert decomposer.needs_attention and decomposer.fixed_windows
-    assert (decomposer.threshold, decomposer.border) == (0.3, "window")
+    assert (decomposer.threshold, decomposer.border, decomposer.background) == (0.3, "window", "paper")
 
 
 def test_options_from_settings_and_the_alias_c() -> None:
     settings = accdiffusion.Settings(prompt="x", prompt_decomposer="instance",
                                      plugin_options={"c": 0.45, "instance.share": "0.25",
-                                                     "instance.background": "paper", "instance.connectivity": "4"})
+                                                     "instance.background": "everywhere", "instance.connectivity": "4"})
     decomposer = host_with(plugin).create("prompt_decomposer", "instance", settings)
-    assert decomposer == InstanceDecomposer(threshold=0.45, share=0.25, background="paper", connectivity=4)
+    assert decomposer == InstanceDecomposer(threshold=0.45, share=0.25, background="everywhere", connectivity=4)
 
 
 @pytest.mark.parametrize("values", [{"share": 1.5}, {"group": 0.0}, {"connectivity": 6},
@@ -352,5 +357,5 @@ class TestInstanceOptionsContract(PromptDecomposerContract):
     plugin = plugin
     name = "instance"
     entry_point = "instance"
-    options = {"share": 0.2, "background": "paper", "connectivity": 4, "group": 0.8, "min_instance": 0.0,
+    options = {"share": 0.2, "background": "everywhere", "connectivity": 4, "group": 0.8, "min_instance": 0.0,
                "background_area": 0.3, "threshold": 0.1, "border": "clipped"}

@@ -12,8 +12,10 @@ words only to the window(s) that hold most of it:
    (``accdiffusion_prompts.word_masks``: binarised at the map's mean, opened).
 2. **Background words**: a word whose mask covers more than
    ``background_area`` of the map is a background word. It is given by
-   ``background``: to every window (``everywhere``) or where the paper's rule
-   keeps it (``paper``: its mask covers at least ``threshold`` of the window).
+   ``background``: where the paper's rule keeps it (``paper``, the default:
+   its mask covers at least ``threshold`` of the window, measured as
+   ``cross_attention`` does with ``border``) or to every window
+   (``everywhere``).
 3. **Instances**: the connected regions of every other word's mask
    (8-connectivity by default: cells touching at a corner are one region,
    since a coarse map's cells of one round object often touch only
@@ -48,7 +50,7 @@ from accdiffusion.options import option
 from accdiffusion_prompts import BORDERS, MaskDecomposer, window_map_bounds, word_window_fractions
 
 #: How background words are given (see :class:`InstanceDecomposer`).
-BACKGROUND_MODES = ("everywhere", "paper")
+BACKGROUND_MODES = ("paper", "everywhere")
 
 
 def connected_components(masks: torch.Tensor, connectivity: int = 8) -> torch.Tensor:
@@ -185,9 +187,9 @@ class InstanceDecomposer(MaskDecomposer):
     """The ``instance`` decomposer: each connected region of a word's mask is
     one object instance, whose words go only to the window(s) holding most
     of it; background words (masks over ``background_area`` of the map) stay
-    everywhere (``background="everywhere"``) or where the paper's rule keeps
-    them (``"paper"``, with ``threshold``, the paper's ``c``, and ``border``).
-    See the module's docstring for the steps.
+    where the paper's rule keeps them (``background="paper"``, with
+    ``threshold``, the paper's ``c``, and ``border``) or in every window
+    (``"everywhere"``). See the module's docstring for the steps.
     """
 
     threshold: float = option(0.3, minimum=0.0, maximum=1.0, aliases=("c",),
@@ -203,9 +205,9 @@ class InstanceDecomposer(MaskDecomposer):
     background_area: float = option(0.4, minimum=0.0, maximum=1.0,
                                     help="a word whose mask covers more than this share of the map is a background "
                                          "word")
-    background: str = option("everywhere", choices=BACKGROUND_MODES,
-                             help="background words go to every window (everywhere) or where the paper's rule "
-                                  "keeps them (paper: mask covers at least threshold of the window)")
+    background: str = option("paper", choices=BACKGROUND_MODES,
+                             help="background words go where the paper's rule keeps them (paper: mask covers at "
+                                  "least threshold of the window) or to every window (everywhere)")
     group: float = option(0.5, minimum=0.0, maximum=1.0, min_exclusive=True,
                           help="instances of different words are one object when their common cells are at least "
                                "this share of the smaller one")
