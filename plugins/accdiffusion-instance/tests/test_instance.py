@@ -19,6 +19,7 @@ from accdiffusion_instance import (
     word_instances,
 )
 from accdiffusion_instance.plugin import plugin
+from accdiffusion_prompts.plugin import plugin as prompts_plugin
 from accdiffusion_prompts import CrossAttentionDecomposer, MaskDecomposer, word_window_fractions
 from accdiffusion_testing.kit import (
     PromptDecomposerContract,
@@ -321,12 +322,17 @@ def test_is_a_mask_decomposer_with_the_paper_options() -> None:
     assert (decomposer.threshold, decomposer.border, decomposer.background) == (0.3, "window", "paper")
 
 
-def test_options_from_settings_and_the_alias_c() -> None:
+def test_options_from_settings() -> None:
     settings = accdiffusion.Settings(prompt="x", prompt_decomposer="instance",
-                                     plugin_options={"c": 0.45, "instance.share": "0.25",
+                                     plugin_options={"instance.threshold": 0.45, "instance.share": "0.25",
                                                      "instance.background": "everywhere", "instance.connectivity": "4"})
     decomposer = host_with(plugin).create("prompt_decomposer", "instance", settings)
     assert decomposer == InstanceDecomposer(threshold=0.45, share=0.25, background="everywhere", connectivity=4)
+    # the paper's c (an alias of cross_attention.threshold) is not this threshold, which only places background words
+    with pytest.raises(SettingsError, match="option c=0.4 is for the prompt_decomposer 'cross_attention', which is not"):
+        host_with(plugin, prompts_plugin).check_options(accdiffusion.Settings(prompt="x", prompt_decomposer="instance",
+                                                              plugin_options={"c": 0.4}),
+                                        {"prompt_decomposer": "instance"})
 
 
 @pytest.mark.parametrize("values", [{"share": 1.5}, {"group": 0.0}, {"connectivity": 6},

@@ -192,7 +192,8 @@ class InstanceDecomposer(MaskDecomposer):
     (``"everywhere"``). See the module's docstring for the steps.
     """
 
-    threshold: float = option(0.3, minimum=0.0, maximum=1.0, aliases=("c",),
+    # no alias "c": the paper's c is a threshold for every word, this one only for background words
+    threshold: float = option(0.3, minimum=0.0, maximum=1.0,
                               help="with background=paper, a background word joins a window when its mask covers "
                                    "this share of it (the paper's c, eq. 8)")
     border: str = option("window", choices=BORDERS,
