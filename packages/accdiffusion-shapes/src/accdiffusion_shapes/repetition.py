@@ -63,7 +63,14 @@ PROMPTS: tuple[tuple[str, dict[tuple[str, str], int]], ...] = (
     ("a green triangle on a gray background", {("green", "triangle"): 1}),
     ("a yellow circle on a black background", {("yellow", "circle"): 1}),
     ("a red square and a blue circle on a white background", {("red", "square"): 1, ("blue", "circle"): 1}),
+    ("a blue triangle and a yellow square on a gray background", {("blue", "triangle"): 1, ("yellow", "square"): 1}),
+    ("a green circle and a red triangle and a blue square on a white background",
+     {("green", "circle"): 1, ("red", "triangle"): 1, ("blue", "square"): 1}),
+    ("a yellow triangle and a green square and a red circle on a black background",
+     {("yellow", "triangle"): 1, ("green", "square"): 1, ("red", "circle"): 1}),
 )
+"""The benchmark's prompts: the first five are the first edition's set (``--prompts 5``
+reproduces its table); three more bring two- and three-object prompts on every background."""
 
 #: Method name -> stage choices for :func:`accdiffusion.generate` (``None``: direct sampling).
 METHODS: dict[str, Optional[dict[str, str]]] = {
