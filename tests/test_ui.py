@@ -171,7 +171,8 @@ def test_page_runs_a_prompt_and_shows_phases_pictures_and_record(server, page):
     page.locator("#scale input").fill("2")
     page.locator("#steps input").fill("500")
     page.locator("#generate").click()
-    page.locator("#progress [data-phase='phase 1']").wait_for(timeout=30_000)
+    # this run's own phase 1 (of 500 steps), not the bar the first run left on the page
+    page.locator("#progress [data-phase='phase 1']").get_by_text("/500").wait_for(timeout=30_000)
     page.locator("#cancel").click()
     page.locator("#status").get_by_text("Cancelled").wait_for(timeout=30_000)
     assert "phase 2/2" not in page.locator("#progress").inner_text()
