@@ -52,8 +52,11 @@ def test_batch_mix_follows_the_crop_fraction_and_the_seed() -> None:
 def test_configuration_has_every_option_that_changes_the_result() -> None:
     """--steps, --threads, --out and the checkpoint/sample intervals are not part of the configuration."""
     config = training.training_config(training.parse_args(["--out", "x", "--steps", "5"]))
-    assert set(config) == set(training.CONFIG_OPTIONS) | {"init_from", "init_from_sha256"}
+    assert set(config) == set(training.CONFIG_OPTIONS) | {"data_version", "init_from", "init_from_sha256"}
     assert config["crop_fraction"] == 0.5 and config["init_from"] is None
+    assert config["data_version"] == training.DATA_VERSION
+    no_crops = training.parse_args(["--out", "x", "--steps", "5", "--crop-fraction", "0"])
+    assert training.training_config(no_crops)["data_version"] == 1
     other = training.training_config(
         training.parse_args(["--out", "y", "--steps", "9", "--threads", "2", "--checkpoint-every", "3",
                              "--sample-every", "0"])
@@ -114,15 +117,13 @@ def test_init_from_starts_from_the_folders_weights(tmp_path: Path) -> None:
     assert exit_info.value.code == 2
 
 
-def test_crops_are_noised_only_below_the_crop_limit() -> None:
-    """Whole scenes keep the full range of timesteps; crops stay below the limit; without a limit the
-    draws are those of the first edition."""
-    crops = torch.tensor([True, False] * 500)
-    torch.manual_seed(0)
-    timesteps = training.draw_timesteps(crops, 1000, 300)
-    assert int(timesteps[crops].max()) < 300 and int(timesteps[~crops].max()) >= 900
-    torch.manual_seed(0)
-    unlimited = training.draw_timesteps(crops, 1000, 1000)
-    torch.manual_seed(0)
-    assert torch.equal(unlimited, torch.randint(0, 1000, (1000,)))
-    assert torch.equal(unlimited[~crops], timesteps[~crops])
+def test_only_images_allowed_to_be_crops_are_crops() -> None:
+    """Images not allowed (noised at or above the crop limit) are whole scenes, drawn exactly as without
+    crops; about half of the allowed ones are crops."""
+    allowed = torch.tensor([True, False] * 100)
+    pixels, captions, crops = training.make_batch(np.random.default_rng(3), 200, 0.0, 2, 0.5, crop_allowed=allowed)
+    assert not crops[~allowed].any()
+    assert 30 < int(crops.sum()) < 70
+    none_allowed = training.make_batch(np.random.default_rng(3), 5, 0.0, 2, 0.5, crop_allowed=torch.zeros(5, dtype=torch.bool))
+    whole = training.make_batch(np.random.default_rng(3), 5, 0.0, 2, 0.0)
+    assert torch.equal(none_allowed[0], whole[0]) and none_allowed[1] == whole[1]

@@ -12,17 +12,18 @@ non-zero terminal SNR of the noise schedule would otherwise pull towards grey);
 captions are dropped to ``""`` with probability ``--drop-prob`` so the
 model supports classifier-free guidance.
 
-Each training image is, with probability ``--crop-fraction`` (default 0.5), a
-native-size crop of a scene rendered at 2x-4x (:func:`world.sample_crop`:
-objects cut by the crop keep their shape word, barely visible ones never
-occur), and otherwise a whole scene at native size, so the model learns to
-draw part of an object, which is what the windows of a high-resolution
-generation see.  Crops are noised only to timesteps below
-``--crop-max-timestep`` (default 500 of 1000): the noisiest steps, where a
-generation's layout is decided, see whole scenes only, so that a prompt at
-native size still gives whole objects rather than objects cut by the border
-(the caption cannot say whether an image is a crop), while the later steps,
-where a window's detail is drawn, learn to finish part of an object.  ``--init-from`` starts from the weights of an existing
+Each training image's timestep is drawn first; an image noised below
+``--crop-max-timestep`` (default 500 of 1000) is, with probability
+``--crop-fraction`` (default 0.5), a native-size crop of a scene rendered
+at 2x-4x (:func:`world.sample_crop`: objects cut by the crop keep their
+shape word, barely visible ones never occur), and every other image is a
+whole scene at native size.  The later steps, where a window's detail is
+drawn, so learn to finish part of an object, which is what the windows of a
+high-resolution generation see, while the noisiest steps, where the layout
+is decided, see exactly the whole scenes of the first edition: a caption
+cannot say whether its image is a crop, and crops at those steps (or fewer
+whole scenes there) make the model draw objects cut by the border or twice
+at native size.  ``--init-from`` starts from the weights of an existing
 pipeline folder (fine-tuning, e.g. from the shipped model) instead of a
 random initialisation.
 
@@ -163,18 +164,22 @@ def make_batch(
     crop_fraction: float = 0.0,
     crop_scene_sizes: tuple[int, int] = world.CROP_SCENE_SIZES,
     crop_min_visible: float = world.CROP_MIN_VISIBLE,
+    crop_allowed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[str], torch.Tensor]:
     """Render ``batch_size`` training images as a tensor in ``[-1, 1]`` with their captions and which are crops.
 
-    Each image is a native-size crop of a larger scene (:func:`world.sample_crop`)
-    with probability ``crop_fraction`` and a whole scene otherwise; with
-    ``crop_fraction`` 0 no coin is drawn, so the data are exactly those of
-    the first edition.  Each caption is replaced by ``""`` with probability
+    Each image allowed to be a crop (``crop_allowed``, a boolean tensor;
+    default: every image) is a native-size crop of a larger scene
+    (:func:`world.sample_crop`) with probability ``crop_fraction``, and a
+    whole scene otherwise; no coin is drawn for the others, nor at all with
+    ``crop_fraction`` 0, so the data are then exactly those of the first
+    edition.  Each caption is replaced by ``""`` with probability
     ``drop_prob``.  The third value is a boolean tensor, true for the crops.
     """
     images, captions, crops = [], [], []
-    for _ in range(batch_size):
-        if crop_fraction > 0 and rng.random() < crop_fraction:
+    for index in range(batch_size):
+        allowed = crop_fraction > 0 and (crop_allowed is None or bool(crop_allowed[index]))
+        if allowed and rng.random() < crop_fraction:
             image, text, _crop = world.sample_crop(
                 rng, supersample=supersample, scene_sizes=crop_scene_sizes, min_visible=crop_min_visible
             )
@@ -186,18 +191,6 @@ def make_batch(
         captions.append("" if rng.random() < drop_prob else text)
     pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) / 127.5 - 1.0
     return pixels, captions, torch.tensor(crops, dtype=torch.bool)
-
-
-def draw_timesteps(crops: torch.Tensor, num_train_timesteps: int, crop_max_timestep: int) -> torch.Tensor:
-    """Training timesteps: uniform below ``num_train_timesteps``, and below ``crop_max_timestep`` for crops.
-
-    Whole-scene timesteps are drawn first (as in the first edition); the crops'
-    are redrawn only when the limit is below ``num_train_timesteps``.
-    """
-    timesteps = torch.randint(0, num_train_timesteps, (len(crops),))
-    if crop_max_timestep < num_train_timesteps and bool(crops.any()):
-        timesteps[crops] = torch.randint(0, crop_max_timestep, (int(crops.sum()),))
-    return timesteps
 
 
 class CaptionEncoder:
@@ -303,6 +296,11 @@ CONFIG_OPTIONS: tuple[str, ...] = (
 """Options (argparse names) that are part of the training configuration; see :func:`training_config`."""
 
 
+DATA_VERSION = 2
+"""Version of how training images and timesteps are drawn, part of the configuration: 1, whole scenes
+only; 2, crops among the images noised below ``--crop-max-timestep``."""
+
+
 class ConfigMismatch(Exception):
     """A checkpoint was written by a run of another configuration."""
 
@@ -338,6 +336,7 @@ def training_config(args: argparse.Namespace) -> dict[str, Any]:
     for name in CONFIG_OPTIONS:
         value = getattr(args, name)
         config[name] = list(value) if isinstance(value, (list, tuple)) else value
+    config["data_version"] = DATA_VERSION if args.crop_fraction > 0 else 1
     config["init_from"] = None
     config["init_from_sha256"] = None
     if args.init_from is not None:
@@ -398,7 +397,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--crop-fraction",
         type=float,
         default=0.5,
-        help="share of training images that are native-size crops of scenes rendered at 2x-4x (0: whole scenes only)",
+        help="share of the training images noised below --crop-max-timestep that are native-size crops of scenes "
+        "rendered at 2x-4x (0: whole scenes only)",
     )
     parser.add_argument(
         "--crop-scene-sizes",
@@ -418,8 +418,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--crop-max-timestep",
         type=int,
         default=500,
-        help="crops are noised only to timesteps below this (of 1000; 1000: every timestep), so the noisiest "
-        "steps, which decide the layout, learn whole scenes only",
+        help="only images noised below this timestep (of 1000; 1000: every timestep) can be crops, so the noisiest "
+        "steps, which decide the layout, learn whole scenes only, as in the first edition",
     )
     parser.add_argument("--unet-channels", type=int, nargs="+", default=[32, 64, 96], help="UNet block widths")
     parser.add_argument("--text-width", type=int, default=64, help="text encoder width (= cross-attention dim)")
@@ -529,7 +529,9 @@ def train(args: argparse.Namespace) -> Path:
             lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            pixels, captions, crops = make_batch(
+            # The timesteps come first when crops are on: they decide which images may be crops.
+            timesteps = torch.randint(0, len(alphas_cumprod), (args.batch_size,)) if args.crop_fraction > 0 else None
+            pixels, captions, _crops = make_batch(
                 rng,
                 args.batch_size,
                 args.drop_prob,
@@ -537,10 +539,12 @@ def train(args: argparse.Namespace) -> Path:
                 args.crop_fraction,
                 tuple(args.crop_scene_sizes),
                 args.crop_min_visible,
+                None if timesteps is None else timesteps < args.crop_max_timestep,
             )
             noise = torch.randn_like(pixels)
             noise += args.offset_noise * torch.randn(len(pixels), pixels.shape[1], 1, 1)
-            timesteps = draw_timesteps(crops, len(alphas_cumprod), args.crop_max_timestep)
+            if timesteps is None:
+                timesteps = torch.randint(0, len(alphas_cumprod), (len(pixels),))
             alpha = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
             noisy = alpha.sqrt() * pixels + (1.0 - alpha).sqrt() * noise
             context = text_encoder(encode(captions))[0]
