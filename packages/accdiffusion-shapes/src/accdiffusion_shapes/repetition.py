@@ -19,10 +19,11 @@ of :mod:`accdiffusion_shapes.quality` on the unfiltered image: speckle (the
 share of background pixels more than 30 levels from the prompt's background
 colour) and grey tiles (native-size cells whose background's mean colour is
 more than 30 levels from it). Writes every image under ``images/``, one
-``parts/<factor>x-<method>.json`` per method and factor, and from all parts
+``parts/<factor>x-<method>-seeds-<seeds>.json`` per method, factor and
+seed list (one row per image: a rerun's row replaces the earlier one), and from all parts
 present ``repetition.md`` (table), ``repetition.json`` (every image's counts)
 and ``repetition-<factor>x.png`` (grids: one row per method). Runs for
-different factors or methods can go in parallel into one folder; the last to
+different factors, methods or seeds can go in parallel into one folder; the last to
 finish (or ``--summarize-only``) writes the merged table.
 
 ``--prompt TEXT`` (repeatable) replaces the fixed prompt set; its named
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -100,6 +102,16 @@ DEFAULT_METHODS = ("direct", "multidiffusion", "demofusion", "patch-prompts", "i
                    "accdiffusion-fast")
 
 
+#: Name of the rows holding each prompt x seed's phase-1 image (native size), which every method built on
+#: the sampler shares: the benchmark makes it once per prompt and seed, and the table's column "exact when
+#: phase 1 is exact" measures each method only on the images whose phase 1 was already as prompted.
+PHASE1 = "phase-1"
+
+
+def _order(method: str) -> int:
+    return -1 if method == PHASE1 else list(METHODS).index(method)
+
+
 #: The ControlNet of the ``accdiffusion-controlnet`` method (``--controlnet``; default: the shipped one).
 CONTROLNET: Optional[str] = None
 
@@ -142,6 +154,9 @@ def run_one(method: str, pipe: Any, prompt: str, factor: int, seed: int, steps: 
     halves counted separately; same scheduler, steps, guidance and negative
     prompt for every method)."""
     start = time.perf_counter()
+    if method == PHASE1:
+        # the native-size image every sampler method starts from (scale 1: phase 1 alone)
+        method, factor = "multidiffusion", 1
     if METHODS[method] is None:
         evaluations = steps * (2 if guidance > 1 else 1)
         native = pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -164,10 +179,14 @@ def run_one(method: str, pipe: Any, prompt: str, factor: int, seed: int, steps: 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (factor, method): means and shares over all images."""
     out = []
-    keys = sorted({(r["factor"], r["method"]) for r in rows}, key=lambda k: (k[0], list(METHODS).index(k[1])))
+    keys = sorted({(r["factor"], r["method"]) for r in rows}, key=lambda k: (k[0], _order(k[1])))
+    phase1 = {(r["prompt"], r["seed"]): r["exact"] for r in rows if r["method"] == PHASE1}
     for factor, method in keys:
         sel = [r for r in rows if r["factor"] == factor and r["method"] == method]
         n = len(sel)
+        # only methods that start from the shared phase-1 image (not direct sampling, not phase 1 itself)
+        given = [r for r in sel if phase1.get((r["prompt"], r["seed"]))] \
+            if phase1 and method != PHASE1 and METHODS.get(method) is not None else []
         out.append({
             "factor": factor, "method": method, "images": n,
             "named_per_image": sum(r["named"] for r in sel) / n,
@@ -176,6 +195,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "total_per_image": sum(r["total"] for r in sel) / n,
             "extra_share": sum(r["extra"] for r in sel) / n,
             "exact_share": sum(r["exact"] for r in sel) / n,
+            "phase1_exact_images": len(given) if given else None,
+            "exact_given_phase1": (sum(r["exact"] for r in given) / len(given)) if given else None,
             "seconds_per_image": sum(r["seconds"] for r in sel) / n,
             "unet_evaluations_per_image": sum(r.get("unet_evaluations", 0) for r in sel) / n,
             # None for images measured before the quality columns existed
@@ -190,18 +211,20 @@ def markdown(summary: list[dict[str, Any]], command: str) -> str:
     """The summary as a markdown table, with the command that produced it."""
     lines = [
         "| factor | method | images | copies of named objects / image (prompt's count) | of those with the named "
-        "shape | all objects / image | images with extra copies | images exactly as prompted | s / image "
-        "| UNet evaluations / image | speckle | grey tiles / image |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "shape | all objects / image | images with extra copies | images exactly as prompted | exactly as "
+        "prompted when phase 1 is (images) | s / image | UNet evaluations / image | speckle | grey tiles / image |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         speckle = "-" if s.get("speckle") is None else f"{100 * s['speckle']:.2f}%"
         tiles = "-" if s.get("grey_tiles_per_image") is None else f"{s['grey_tiles_per_image']:.2f}"
+        given = "-" if s.get("exact_given_phase1") is None else \
+            f"{100 * s['exact_given_phase1']:.0f}% ({s['phase1_exact_images']})"
         lines.append(
             f"| {s['factor']}x | {s['method']} | {s['images']} | {s['named_per_image']:.2f} "
             f"({s['expected_per_image']:.2f}) | {s['shape_matched_per_image']:.2f} | {s['total_per_image']:.2f} "
             f"| {100 * s['extra_share']:.0f}% "
-            f"| {100 * s['exact_share']:.0f}% | {s['seconds_per_image']:.1f} "
+            f"| {100 * s['exact_share']:.0f}% | {given} | {s['seconds_per_image']:.1f} "
             f"| {s['unet_evaluations_per_image']:.0f} | {speckle} | {tiles} |"
         )
     return f"Command: `{command}`\n\n" + "\n".join(lines) + "\n"
@@ -227,7 +250,65 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="ControlNet folder of the accdiffusion-controlnet method (default: the shipped one)")
     p.add_argument("--summarize-only", action="store_true",
                    help="only rebuild the table and grids from the parts already in OUT (after parallel runs)")
-    return p.parse_args(argv)
+    p.add_argument("--jobs", type=int, default=1,
+                   help="run every factor x method x seed as its own process, this many at a time (one torch "
+                   "thread each unless --threads says otherwise), then merge the table")
+    p.add_argument("--no-summary", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs must be at least 1, got {args.jobs}")
+    return args
+
+
+#: Relative cost of one image per method (UNet evaluations at 4x, direct sampling the cheapest),
+#: used only to start the longest parallel jobs first.
+_COST = {"direct": 0.05, "multidiffusion": 0.5, "accdiffusion-fast": 0.3, "fast-start-0.6": 0.45,
+         "fast-start-0.8": 0.2}
+
+
+def run_jobs(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    """Run each factor x method x seed of ``args`` as a child process (``args.jobs`` at once), each writing
+    its own part; the caller merges them."""
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    # the child gets the parent's arguments with --factors/--methods/--seeds/--jobs replaced
+    keep: list[str] = []
+    skip = False
+    for arg in argv:
+        if arg in ("--factors", "--methods", "--seeds"):
+            skip = True
+            continue
+        if arg.startswith("--") and skip:
+            skip = False
+        if skip:
+            continue
+        if arg.startswith(("--factors=", "--methods=", "--seeds=")):
+            continue
+        keep.append(arg)
+    base: list[str] = []
+    it = iter(keep)
+    for arg in it:
+        if arg == "--jobs":
+            next(it, None)
+        elif not arg.startswith("--jobs="):
+            base.append(arg)
+    if args.threads is None:
+        base += ["--threads", "1"]
+    tasks = [(factor, method, seed) for factor in args.factors for method in args.methods for seed in args.seeds]
+    tasks.sort(key=lambda t: -(t[0] ** 2) * _COST.get(t[1], 1.0))
+
+    def child(task: tuple[int, str, int]) -> int:
+        factor, method, seed = task
+        command = [sys.executable, "-m", "accdiffusion_shapes.repetition", *base, "--no-summary",
+                   "--factors", str(factor), "--methods", method, "--seeds", str(seed)]
+        return subprocess.run(command).returncode
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        codes = list(pool.map(child, tasks))
+    failed = [task for task, code in zip(tasks, codes) if code != 0]
+    if failed:
+        raise SystemExit(f"{len(failed)} of {len(tasks)} jobs failed: {failed}")
 
 
 def prompt_set(args: argparse.Namespace) -> tuple[tuple[str, dict[tuple[str, str], int]], ...]:
@@ -255,12 +336,15 @@ def prompt_set(args: argparse.Namespace) -> tuple[tuple[str, dict[tuple[str, str
 def summarize_folder(out: Path, command: str) -> str:
     """Merge every ``parts/*.json`` of ``out`` into the table, JSON and grids."""
     rows: list[dict[str, Any]] = []
-    for part in sorted((out / "parts").glob("*.json")):
-        rows.extend(json.loads(part.read_text()))
+    found: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for part in sorted((out / "parts").glob("*.json"), key=lambda path: path.stat().st_mtime):
+        for row in json.loads(part.read_text()):
+            # one row per image: a later part (a rerun) replaces an earlier one's row
+            found[(row["factor"], row["method"], row["prompt"], row["seed"])] = row
+    rows = list(found.values())
     if not rows:
         raise SystemExit(f"no results in {out / 'parts'}")
-    order = list(METHODS)
-    rows.sort(key=lambda r: (r["factor"], order.index(r["method"]), r["prompt_index"], r["seed"]))
+    rows.sort(key=lambda r: (r["factor"], _order(r["method"]), r["prompt_index"], r["seed"]))
     for factor in sorted({r["factor"] for r in rows}):
         sel = [r for r in rows if r["factor"] == factor]
         columns = len({(r["prompt_index"], r["seed"]) for r in sel})
@@ -292,33 +376,51 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         + ([f"--prompt {p!r}" for p in args.prompt] or [f"--prompts {args.prompts}"])
         + (["--methods", *args.methods] if list(args.methods) != list(DEFAULT_METHODS) else [])
         + ([f"--negative-prompt {args.negative_prompt!r}"] if args.negative_prompt else []))
-    if not args.summarize_only:
+    if args.jobs > 1 and not args.summarize_only:
+        run_jobs(args, list(sys.argv[1:] if argv is None else argv))
+    elif not args.summarize_only:
         (out / "parts").mkdir(parents=True, exist_ok=True)
         pipe = load_pipeline(args.model)
         native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        seeds = "-".join(map(str, args.seeds))
+
+        def measure(method: str, factor: int, folder: Path) -> list[dict[str, Any]]:
+            rows: list[dict[str, Any]] = []
+            folder.mkdir(parents=True, exist_ok=True)
+            for k, (prompt, named) in enumerate(prompts):
+                for seed in args.seeds:
+                    image, seconds, evaluations = run_one(method, pipe, prompt,
+                                                          factor, seed, args.steps, args.guidance,
+                                                          args.negative_prompt)
+                    counts = count_named(image, named, native)
+                    measures = quality.measure(image, native, world.parse_prompt(prompt)[0])
+                    name = folder / f"{k}-{seed}.png"
+                    image.save(name)
+                    rows.append({"factor": factor, "method": method, "prompt": prompt, "prompt_index": k,
+                                 "seed": seed, "seconds": round(seconds, 3), "unet_evaluations": evaluations,
+                                 "image": str(name.relative_to(out)), **counts,
+                                 "speckle": measures["speckle"], "grey_tiles": measures["grey_tiles"],
+                                 "tile_cells": measures["tile_cells"]})
+                    print(f"{factor}x {method:<15} seed {seed} {prompt!r}: {counts['per_object']} "
+                          f"speckle {100 * measures['speckle']:.2f}% grey tiles {measures['grey_tiles']} "
+                          f"({seconds:.1f} s)", flush=True)
+            return rows
+
+        def write_part(name: str, rows: list[dict[str, Any]]) -> None:
+            # parallel jobs may write the same phase-1 part: write aside, then replace in one step
+            path = out / "parts" / name
+            temporary = path.with_name(f".{path.name}.{os.getpid()}")
+            temporary.write_text(json.dumps(rows, indent=2))
+            os.replace(temporary, path)
+
+        # phase 1 (native size, shared by every method built on the sampler): a few UNet evaluations
+        write_part(f"phase1-seeds-{seeds}.json", measure(PHASE1, 1, out / "images" / "1x" / PHASE1))
         for factor in args.factors:
             for method in args.methods:
-                rows: list[dict[str, Any]] = []
-                folder = out / "images" / f"{factor}x" / method
-                folder.mkdir(parents=True, exist_ok=True)
-                for k, (prompt, named) in enumerate(prompts):
-                    for seed in args.seeds:
-                        image, seconds, evaluations = run_one(method, pipe, prompt, factor, seed, args.steps, args.guidance,
-                                                 args.negative_prompt)
-                        counts = count_named(image, named, native)
-                        measures = quality.measure(image, native, world.parse_prompt(prompt)[0])
-                        name = folder / f"{k}-{seed}.png"
-                        image.save(name)
-                        rows.append({"factor": factor, "method": method, "prompt": prompt, "prompt_index": k,
-                                     "seed": seed, "seconds": round(seconds, 3), "unet_evaluations": evaluations,
-                                     "image": str(name.relative_to(out)), **counts,
-                                     "speckle": measures["speckle"], "grey_tiles": measures["grey_tiles"],
-                                     "tile_cells": measures["tile_cells"]})
-                        print(f"{factor}x {method:<15} seed {seed} {prompt!r}: {counts['per_object']} "
-                              f"speckle {100 * measures['speckle']:.2f}% grey tiles {measures['grey_tiles']} "
-                              f"({seconds:.1f} s)", flush=True)
-                (out / "parts" / f"{factor}x-{method}.json").write_text(json.dumps(rows, indent=2))
-    print(summarize_folder(out, command))
+                rows = measure(method, factor, out / "images" / f"{factor}x" / method)
+                write_part(f"{factor}x-{method}-seeds-{seeds}.json", rows)
+    if not args.no_summary:
+        print(summarize_folder(out, command))
 
 
 if __name__ == "__main__":
