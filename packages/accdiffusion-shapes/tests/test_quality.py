@@ -71,3 +71,24 @@ def test_cells_mostly_covered_by_objects_are_not_eligible() -> None:
     image = _render(world.SceneObject("square", "blue", "large", 0.25, 0.25), size=128)
     assert quality.grey_tiles(image, 32, "white") == (0, 12)
     assert quality.measure(image, 32, "white")["speckle"] == 0.0
+
+
+def test_command_line_prints_each_images_measures(tmp_path, capsys) -> None:
+    """``python -m accdiffusion_shapes.quality``: the planted case above through the command line, and an
+    unreadable file refused with exit code 2 and its name."""
+    image = _render(world.SceneObject("square", "red", "small", 0.25, 0.25))
+    for y, x in [(0, 0), (30, 2), (25, 25), (5, 30), (20, 3)]:
+        image[y, x] = GREY
+    path = tmp_path / "planted.png"
+    from PIL import Image
+
+    Image.fromarray(image).save(path)
+    assert quality.main([str(path), "--background", "white"]) == 0
+    assert capsys.readouterr().out == f"{path}: speckle {100 * 5 / 924:.2f}%, grey tiles 0 of 1 cells\n"
+    assert quality.main([str(path), "--json"]) == 0
+    import json
+
+    assert json.loads(capsys.readouterr().out)["speckle"] == 5 / 924
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    assert quality.main([str(tmp_path / "broken.png")]) == 2
+    assert "broken.png" in capsys.readouterr().err

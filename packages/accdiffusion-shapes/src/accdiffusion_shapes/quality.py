@@ -34,6 +34,7 @@ window-level count.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -153,3 +154,38 @@ def measure(
         "tile_cells": cells,
         "grey_tile_share": tiles / cells if cells else 0.0,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m accdiffusion_shapes.quality IMAGE... [--background white] [--native 32]``: one line per image."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m accdiffusion_shapes.quality",
+                                     description="Speckle and grey tiles of shapes-world images.")
+    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("--background", choices=sorted(BACKGROUND_COLORS), default=None,
+                        help="the prompt's background colour (default: estimated from the border pixels)")
+    parser.add_argument("--native", type=int, default=32, help="the model's native side in px (the grid's cell)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    args = parser.parse_args(argv)
+    if args.native < 1:
+        parser.error(f"--native must be a positive number of pixels, got {args.native}")
+    for path in args.images:
+        try:
+            image = Image.open(path)
+            image.load()
+        except (OSError, ValueError) as error:
+            print(f"error: cannot read image {path!r}: {error}", file=sys.stderr)
+            return 2
+        result = measure(image, args.native, args.background)
+        if args.json:
+            print(json.dumps({"image": path, **result}))
+        else:
+            print(f"{path}: speckle {100 * result['speckle']:.2f}%, grey tiles {result['grey_tiles']} "
+                  f"of {result['tile_cells']} cells")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
