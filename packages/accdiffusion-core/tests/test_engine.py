@@ -206,3 +206,22 @@ def test_schedulers_started_mid_schedule_denoise_correctly(tiny_sd15_pipeline, n
 
 def test_every_supported_scheduler_is_covered():
     assert set(SCHEDULERS) == set(SCHEDULER_CLASSES)
+
+
+def test_renormalize_sets_each_phase_to_phase_ones_statistics_and_can_be_switched_off(tiny_sd15_pipeline):
+    """DemoFusion's end-of-phase step: with ``renormalize`` (the default) the final latents have phase 1's
+    mean and (unbiased) std exactly; with ``renormalize=False`` they keep their own, and the record says so."""
+    common = dict(pipeline=tiny_sd15_pipeline, steps=3, seed=0, prompt_decomposer="identical",
+                  global_guidance="none", guidance_scale=1.0, multi_guidance_scale=1.0)
+    phase1 = accdiffusion.generate("a cat", scale=1, **common).latents
+    kept = accdiffusion.generate("a cat", scale=2, **common)
+    own = accdiffusion.generate("a cat", scale=2, renormalize=False, **common)
+    assert torch.allclose(kept.latents.mean(), phase1.mean(), atol=1e-5)
+    assert torch.allclose(kept.latents.std(), phase1.std(), rtol=1e-5)
+    assert not torch.allclose(own.latents.std(), phase1.std(), rtol=1e-2)
+    # the same run up to the last step: renormalising ``own`` gives ``kept``
+    assert torch.allclose((own.latents - own.latents.mean()) / own.latents.std() * phase1.std() + phase1.mean(),
+                          kept.latents, atol=1e-5)
+    assert (kept.record["settings"]["renormalize"], own.record["settings"]["renormalize"]) == (True, False)
+    with pytest.raises(SettingsError, match="renormalize"):
+        Settings(prompt="x", renormalize="no")

@@ -39,6 +39,7 @@ _HELP = {
     "progressive": "upscale one scale at a time (off: jump straight to the target)",
     "skip_residual": "blend in the noise-inverted upscaled latents (DemoFusion skip residual)",
     "local_path": "the local path (MultiDiffusion windows)",
+    "renormalize": "rescale each upscaling phase's latents to phase 1's mean and std (DemoFusion)",
     "scheduler": "scheduler; 'default' keeps the model's own",
     "prompt_decomposer": "patch prompt stage (see `accdiffusion plugins`)",
     "tiler": "local window tiler stage",

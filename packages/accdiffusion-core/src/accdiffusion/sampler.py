@@ -421,7 +421,8 @@ class Sampler:
                             low_res_image: Callable[[], Image.Image],
                             progress: Optional[ProgressFactory] = None) -> tuple[torch.Tensor, Optional[LocalViews]]:
         """Upscaling phase ``index`` (0 = the first after phase 1): upscale, noise
-        inversion to the schedule's start, the steps, renormalisation. Returns
+        inversion to the schedule's start, the steps, renormalisation (unless
+        ``settings.renormalize`` is off). Returns
         the phase's latents and its first step's local views."""
         a, settings, gen = self.adapter, run.settings, run.generator
         progress = progress or (lambda desc, total: _NoProgress())
@@ -446,7 +447,9 @@ class Sampler:
             z = self.step(run, phase, local, i, t, z)
             bar.update()
         bar.close()
-        return renormalize(z, first.anchor_mean, first.anchor_std), first_local
+        if settings.renormalize:
+            z = renormalize(z, first.anchor_mean, first.anchor_std)
+        return z, first_local
 
     def local_views(self, run: RunState, phase: PhaseState) -> LocalViews:
         """A fresh window layout for ``phase`` (jitter drawn from the run's

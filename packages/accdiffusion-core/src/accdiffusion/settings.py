@@ -150,6 +150,7 @@ class Settings:
     progressive: bool = attrs.field(default=True, validator=_boolean("progressive"))
     skip_residual: bool = attrs.field(default=True, validator=_boolean("skip_residual"))
     local_path: bool = attrs.field(default=True, validator=_boolean("local_path"))
+    renormalize: bool = attrs.field(default=True, validator=_boolean("renormalize"))
     scheduler: str = attrs.field(default="default", validator=_choice("scheduler", SCHEDULERS))
     prompt_decomposer: str = attrs.field(default="cross_attention", validator=_stage_name("prompt_decomposer"))
     tiler: str = attrs.field(default="sliding_window", validator=_stage_name("tiler"))
