@@ -377,7 +377,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
          f"--steps {args.steps}", f"--guidance {args.guidance}"]
         + ([f"--prompt {p!r}" for p in args.prompt] or [f"--prompts {args.prompts}"])
         + (["--methods", *args.methods] if list(args.methods) != list(DEFAULT_METHODS) else [])
-        + ([f"--negative-prompt {args.negative_prompt!r}"] if args.negative_prompt else []))
+        + ([f"--negative-prompt {args.negative_prompt!r}"] if args.negative_prompt else [])
+        + ([f"--model {args.model}"] if args.model != str(default_model_path()) else []))
     if args.jobs > 1 and not args.summarize_only:
         run_jobs(args, list(sys.argv[1:] if argv is None else argv))
     elif not args.summarize_only:
