@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from accdiffusion import AttentionMaps, DecomposeRequest, PatchPrompts, WindowLayout
 from accdiffusion.options import option
-from accdiffusion_prompts import BORDERS, MaskDecomposer, window_map_bounds, word_window_fractions
+from accdiffusion_prompts import BORDERS, MaskDecomposer, keep_to_prompts, window_map_bounds, word_window_fractions
 
 #: How background words are given (see :class:`InstanceDecomposer`).
 BACKGROUND_MODES = ("paper", "everywhere")
@@ -218,19 +218,10 @@ class InstanceDecomposer(MaskDecomposer):
     connectivity: int = option(8, choices=(8, 4),
                                help="cells of one region touch at a side or a corner (8) or at a side only (4)")
 
-    def decompose(self, request: DecomposeRequest) -> PatchPrompts:
+    def masks_prompts(self, masks: torch.Tensor, words: tuple[str, ...], request: DecomposeRequest,
+                      latent_per_map: int) -> PatchPrompts:
         """One prompt per window by the instance rule (the module's docstring)."""
-        attention = request.attention
-        if attention is not None:
-            attention = self.attention(attention)
-        if attention is None or not attention.words:
-            return PatchPrompts((request.prompt,) * len(request.layout))
-        if attention.maps.shape[-1] != len(attention.words):
-            raise ValueError(f"{attention.maps.shape[-1]} attention maps for {len(attention.words)} words")
-        keep = self.keep(self.request_masks(attention, request), request.layout, request.scale,
-                         attention.latent_per_map)
-        kept = tuple(tuple(word for word, k in zip(attention.words, row) if k) for row in keep.T.tolist())
-        return PatchPrompts(tuple(" ".join(w) for w in kept), kept)
+        return keep_to_prompts(self.keep(masks, request.layout, request.scale, latent_per_map), words)
 
     def keep(self, masks: torch.Tensor, layout: WindowLayout, scale: int, latent_per_map: int) -> torch.Tensor:
         """Which window keeps which word, bool ``(n_words, n_windows)``, from the

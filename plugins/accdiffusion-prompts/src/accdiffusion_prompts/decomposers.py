@@ -163,8 +163,13 @@ def masks_to_prompts(masks: torch.Tensor, words: tuple[str, ...], layout: Window
     if masks.shape[0] != len(words):
         raise ValueError(f"{masks.shape[0]} masks for {len(words)} words")
     fractions = word_window_fractions(masks, layout, scale, latent_per_map, border)
-    keep = (fractions >= threshold).T.tolist()
-    kept = tuple(tuple(word for word, k in zip(words, row) if k) for row in keep)
+    return keep_to_prompts(fractions >= threshold, words)
+
+
+def keep_to_prompts(keep: torch.Tensor, words: tuple[str, ...]) -> PatchPrompts:
+    """One prompt per window from bool ``keep`` ``(len(words), n_windows)``:
+    the kept words, in prompt order, joined by single spaces (possibly empty)."""
+    kept = tuple(tuple(word for word, k in zip(words, row) if k) for row in keep.T.tolist())
     return PatchPrompts(tuple(" ".join(w) for w in kept), kept)
 
 
@@ -173,8 +178,8 @@ class MaskDecomposer:
     """Base of the decomposers that give words to windows through one mask per
     word (``cross_attention``, ``sam``): subclasses say where the masks come
     from (:meth:`request_masks`); the rule from masks to prompts is
-    :func:`masks_to_prompts`, with the options ``threshold`` (the paper's
-    ``c``) and ``border``.
+    :meth:`masks_prompts`, by default :func:`masks_to_prompts` with the
+    options ``threshold`` (the paper's ``c``) and ``border``.
 
     Without attention maps, or with no words (an empty prompt), every window
     gets ``request.prompt``.
@@ -201,8 +206,14 @@ class MaskDecomposer:
         """The cleaned binary mask of every word, ``(n, h_a, w_a)`` (for pictures)."""
         return word_masks(self.attention(attention))
 
+    def masks_prompts(self, masks: torch.Tensor, words: tuple[str, ...], request: DecomposeRequest,
+                      latent_per_map: int) -> PatchPrompts:
+        """One prompt per window from the words' masks (the paper's rule, :func:`masks_to_prompts`)."""
+        return masks_to_prompts(masks, words, request.layout, request.scale, latent_per_map, self.threshold,
+                                self.border)
+
     def decompose(self, request: DecomposeRequest) -> PatchPrompts:
-        """One prompt per window by :func:`masks_to_prompts`."""
+        """One prompt per window by :meth:`masks_prompts`."""
         attention = request.attention
         if attention is not None:
             attention = self.attention(attention)
@@ -210,8 +221,8 @@ class MaskDecomposer:
             return PatchPrompts((request.prompt,) * len(request.layout))
         if attention.maps.shape[-1] != len(attention.words):
             raise ValueError(f"{attention.maps.shape[-1]} attention maps for {len(attention.words)} words")
-        return masks_to_prompts(self.request_masks(attention, request), attention.words, request.layout,
-                                request.scale, attention.latent_per_map, self.threshold, self.border)
+        return self.masks_prompts(self.request_masks(attention, request), attention.words, request,
+                                  attention.latent_per_map)
 
 
 @attrs.frozen
