@@ -20,7 +20,9 @@ share of background pixels more than 30 levels from the prompt's background
 colour) and grey tiles (native-size cells whose background's mean colour is
 more than 30 levels from it). Writes every image under ``images/``, one
 ``parts/<factor>x-<method>-seeds-<seeds>.json`` per method, factor and
-seed list (one row per image: a rerun's row replaces the earlier one), and from all parts
+seed list and ``parts/phase1-seeds-<seeds>.json`` (each prompt and seed's
+phase-1 image, once per run; ``--jobs`` children leave it to their parent)
+(one row per image: a rerun's row replaces the earlier one), and from all parts
 present ``repetition.md`` (table), ``repetition.json`` (every image's counts)
 and ``repetition-<factor>x.png`` (grids: one row per method). Runs for
 different factors, methods or seeds can go in parallel into one folder; the last to
@@ -253,7 +255,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1,
                    help="run every factor x method x seed as its own process, this many at a time (one torch "
                    "thread each unless --threads says otherwise), then merge the table")
-    p.add_argument("--no-summary", action="store_true", help=argparse.SUPPRESS)
+    # a job of --jobs: neither the phase-1 part (its parent makes it) nor the merged table
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.jobs < 1:
         p.error(f"--jobs must be at least 1, got {args.jobs}")
@@ -266,41 +269,23 @@ _COST = {"direct": 0.05, "multidiffusion": 0.5, "accdiffusion-fast": 0.3, "fast-
          "fast-start-0.8": 0.2}
 
 
-def run_jobs(args: argparse.Namespace, argv: Sequence[str]) -> None:
+def run_jobs(args: argparse.Namespace) -> None:
     """Run each factor x method x seed of ``args`` as a child process (``args.jobs`` at once), each writing
-    its own part; the caller merges them."""
+    its own part; the caller makes the phase-1 part and merges them."""
     import subprocess
     from concurrent.futures import ThreadPoolExecutor
 
-    # the child gets the parent's arguments with --factors/--methods/--seeds/--jobs replaced
-    keep: list[str] = []
-    skip = False
-    for arg in argv:
-        if arg in ("--factors", "--methods", "--seeds"):
-            skip = True
-            continue
-        if arg.startswith("--") and skip:
-            skip = False
-        if skip:
-            continue
-        if arg.startswith(("--factors=", "--methods=", "--seeds=")):
-            continue
-        keep.append(arg)
-    base: list[str] = []
-    it = iter(keep)
-    for arg in it:
-        if arg == "--jobs":
-            next(it, None)
-        elif not arg.startswith("--jobs="):
-            base.append(arg)
-    if args.threads is None:
-        base += ["--threads", "1"]
+    base = ["--model", args.model, "--out", args.out, "--steps", str(args.steps), "--guidance", str(args.guidance),
+            "--negative-prompt", args.negative_prompt, "--threads", str(args.threads or 1), "--child"]
+    base += [arg for prompt in args.prompt for arg in ("--prompt", prompt)] or ["--prompts", str(args.prompts)]
+    if args.controlnet:
+        base += ["--controlnet", args.controlnet]
     tasks = [(factor, method, seed) for factor in args.factors for method in args.methods for seed in args.seeds]
     tasks.sort(key=lambda t: -(t[0] ** 2) * _COST.get(t[1], 1.0))
 
     def child(task: tuple[int, str, int]) -> int:
         factor, method, seed = task
-        command = [sys.executable, "-m", "accdiffusion_shapes.repetition", *base, "--no-summary",
+        command = [sys.executable, "-m", "accdiffusion_shapes.repetition", *base,
                    "--factors", str(factor), "--methods", method, "--seeds", str(seed)]
         return subprocess.run(command).returncode
 
@@ -309,6 +294,42 @@ def run_jobs(args: argparse.Namespace, argv: Sequence[str]) -> None:
     failed = [task for task, code in zip(tasks, codes) if code != 0]
     if failed:
         raise SystemExit(f"{len(failed)} of {len(tasks)} jobs failed: {failed}")
+
+
+def measure(method: str, factor: int, args: argparse.Namespace, pipe: Any,
+            prompts: Sequence[tuple[str, dict[tuple[str, str], int]]]) -> list[dict[str, Any]]:
+    """Every prompt x seed of ``args`` with ``method`` at ``factor``: images saved under ``args.out``, one row
+    of counts and quality measures each."""
+    out = Path(args.out)
+    folder = out / "images" / f"{factor}x" / method
+    folder.mkdir(parents=True, exist_ok=True)
+    native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    rows: list[dict[str, Any]] = []
+    for k, (prompt, named) in enumerate(prompts):
+        for seed in args.seeds:
+            image, seconds, evaluations = run_one(method, pipe, prompt, factor, seed, args.steps, args.guidance,
+                                                  args.negative_prompt)
+            counts = count_named(image, named, native)
+            measures = quality.measure(image, native, world.parse_prompt(prompt)[0])
+            name = folder / f"{k}-{seed}.png"
+            image.save(name)
+            rows.append({"factor": factor, "method": method, "prompt": prompt, "prompt_index": k,
+                         "seed": seed, "seconds": round(seconds, 3), "unet_evaluations": evaluations,
+                         "image": str(name.relative_to(out)), **counts,
+                         "speckle": measures["speckle"], "grey_tiles": measures["grey_tiles"],
+                         "tile_cells": measures["tile_cells"]})
+            print(f"{factor}x {method:<15} seed {seed} {prompt!r}: {counts['per_object']} "
+                  f"speckle {100 * measures['speckle']:.2f}% grey tiles {measures['grey_tiles']} "
+                  f"({seconds:.1f} s)", flush=True)
+    return rows
+
+
+def write_part(out: Path, name: str, rows: list[dict[str, Any]]) -> None:
+    """``rows`` as ``out/parts/name``, written aside and then put in place in one step."""
+    path = out / "parts" / name
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text(json.dumps(rows, indent=2))
+    os.replace(temporary, path)
 
 
 def prompt_set(args: argparse.Namespace) -> tuple[tuple[str, dict[tuple[str, str], int]], ...]:
@@ -335,7 +356,6 @@ def prompt_set(args: argparse.Namespace) -> tuple[tuple[str, dict[tuple[str, str
 
 def summarize_folder(out: Path, command: str) -> str:
     """Merge every ``parts/*.json`` of ``out`` into the table, JSON and grids."""
-    rows: list[dict[str, Any]] = []
     found: dict[tuple[Any, ...], dict[str, Any]] = {}
     for part in sorted((out / "parts").glob("*.json"), key=lambda path: path.stat().st_mtime):
         for row in json.loads(part.read_text()):
@@ -379,50 +399,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         + (["--methods", *args.methods] if list(args.methods) != list(DEFAULT_METHODS) else [])
         + ([f"--negative-prompt {args.negative_prompt!r}"] if args.negative_prompt else [])
         + ([f"--model {args.model}"] if args.model != str(default_model_path()) else []))
-    if args.jobs > 1 and not args.summarize_only:
-        run_jobs(args, list(sys.argv[1:] if argv is None else argv))
-    elif not args.summarize_only:
+    if not args.summarize_only:
         (out / "parts").mkdir(parents=True, exist_ok=True)
-        pipe = load_pipeline(args.model)
-        native = pipe.unet.config.sample_size * pipe.vae_scale_factor
         seeds = "-".join(map(str, args.seeds))
-
-        def measure(method: str, factor: int, folder: Path) -> list[dict[str, Any]]:
-            rows: list[dict[str, Any]] = []
-            folder.mkdir(parents=True, exist_ok=True)
-            for k, (prompt, named) in enumerate(prompts):
-                for seed in args.seeds:
-                    image, seconds, evaluations = run_one(method, pipe, prompt,
-                                                          factor, seed, args.steps, args.guidance,
-                                                          args.negative_prompt)
-                    counts = count_named(image, named, native)
-                    measures = quality.measure(image, native, world.parse_prompt(prompt)[0])
-                    name = folder / f"{k}-{seed}.png"
-                    image.save(name)
-                    rows.append({"factor": factor, "method": method, "prompt": prompt, "prompt_index": k,
-                                 "seed": seed, "seconds": round(seconds, 3), "unet_evaluations": evaluations,
-                                 "image": str(name.relative_to(out)), **counts,
-                                 "speckle": measures["speckle"], "grey_tiles": measures["grey_tiles"],
-                                 "tile_cells": measures["tile_cells"]})
-                    print(f"{factor}x {method:<15} seed {seed} {prompt!r}: {counts['per_object']} "
-                          f"speckle {100 * measures['speckle']:.2f}% grey tiles {measures['grey_tiles']} "
-                          f"({seconds:.1f} s)", flush=True)
-            return rows
-
-        def write_part(name: str, rows: list[dict[str, Any]]) -> None:
-            # parallel jobs may write the same phase-1 part: write aside, then replace in one step
-            path = out / "parts" / name
-            temporary = path.with_name(f".{path.name}.{os.getpid()}")
-            temporary.write_text(json.dumps(rows, indent=2))
-            os.replace(temporary, path)
-
-        # phase 1 (native size, shared by every method built on the sampler): a few UNet evaluations
-        write_part(f"phase1-seeds-{seeds}.json", measure(PHASE1, 1, out / "images" / "1x" / PHASE1))
-        for factor in args.factors:
-            for method in args.methods:
-                rows = measure(method, factor, out / "images" / f"{factor}x" / method)
-                write_part(f"{factor}x-{method}-seeds-{seeds}.json", rows)
-    if not args.no_summary:
+        pipe = load_pipeline(args.model)
+        if not args.child:
+            # phase 1 (native size, shared by every method built on the sampler), once per prompt and seed
+            write_part(out, f"phase1-seeds-{seeds}.json", measure(PHASE1, 1, args, pipe, prompts))
+        if args.jobs > 1:
+            run_jobs(args)
+        else:
+            for factor in args.factors:
+                for method in args.methods:
+                    write_part(out, f"{factor}x-{method}-seeds-{seeds}.json",
+                               measure(method, factor, args, pipe, prompts))
+    if not args.child:
         print(summarize_folder(out, command))
 
 
