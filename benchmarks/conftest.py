@@ -62,7 +62,7 @@ class FakeSDXLAdapter(ModelAdapter):
     def __init__(self, *, full_size_decode: bool = True) -> None:
         self.full_size_decode = full_size_decode
         self.pipeline = SimpleNamespace(scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER_CONFIG))
-        self.unet = None
+        self.denoiser = None
         self.vae = None
         self.tokenizer = SimpleNamespace(model_max_length=self.text_length)
         self.vae_scale_factor = 8
@@ -95,7 +95,7 @@ class FakeSDXLAdapter(ModelAdapter):
         return self.encode_prompts([negative_prompt])
 
     def predict(self, latents: torch.Tensor, timestep: Any, cond: Conditioning,
-                crops_top_left: Optional[torch.Tensor], target_size: tuple[int, int]) -> torch.Tensor:
+                positions: Optional[torch.Tensor], target_size: tuple[int, int]) -> torch.Tensor:
         """``latents * 0.1``: the right shape at almost no cost."""
         self.predict_views += latents.shape[0]
         return latents * 0.1

@@ -184,7 +184,7 @@ def test_single_file_checkpoint_that_no_family_reads(tmp_path, capsys, tiny_sd15
     code, _, err = run(["generate", "x", "--model", str(ckpt), "--model-config", str(tiny_sd15_path),
                         "--steps", "1", "-q", "--output", str(tmp_path / "out")], capsys)
     assert code == 2
-    assert f"cannot read single-file checkpoint {str(ckpt)!r} as SDXL or SD" in err
+    assert f"cannot read single-file checkpoint {str(ckpt)!r} as SDXL or SD 1.x/2.x" in err
     assert not (tmp_path / "out").exists()
 
 

@@ -183,7 +183,7 @@ def test_global_guidance_can_ask_for_its_own_prompts_and_crops(pipes):
             z = request.latents
             view = torch.nn.functional.interpolate(z, size=(16, 16), mode="bilinear")
             out = request.denoise(ViewBatchRequest(latents=view, guidance_scale=2.0, prompts=("a blue square",),
-                                                   crops_top_left=((0, 0),)))
+                                                   positions=((0, 0),)))
             seen.append(out.shape)
             return torch.nn.functional.interpolate(out, size=z.shape[-2:], mode="bilinear")
 

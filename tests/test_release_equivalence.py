@@ -79,7 +79,7 @@ def release_form(adapter, settings, scheduler_name):
                 for left in starts:
                     view = z[:, :, top:top + window, left:left + window]
                     st = copy.deepcopy(sched)
-                    crops = torch.tensor([[top * adapter.vae_scale_factor, left * adapter.vae_scale_factor]])
+                    crops = torch.tensor([[top, left]])  # the view's position in latent pixels
                     eps = _cfg(adapter, st.scale_model_input(view, t), t, cond, uncond,
                                settings.multi_guidance_scale, crops, target)
                     value[:, :, top:top + window, left:left + window] += st.step(eps, t, view).prev_sample

@@ -5,7 +5,7 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 from accdiffusion.adapters import SDAdapter, SDXLAdapter
-from accdiffusion.attention import AttentionCapture, select_layers
+from accdiffusion.models.unet_attention import AttentionCapture, select_layers
 
 
 def _inputs(adapter, h, w, seed=0):

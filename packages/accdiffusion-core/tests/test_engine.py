@@ -46,7 +46,7 @@ def _expected(group, uncond):
     outs = []
     for k in range(len(group)):
         x = group.latents[k:k + 1]
-        crop = 0.0 if group.crops is None else float(group.crops[k, 0])
+        crop = 0.0 if group.positions is None else float(group.positions[k, 0])
         co = x * (1 + group.cond.embeds[k, 0, 0]) + 0.01 * crop
         if group.guidance_scale > 1:
             u = x * (1 + uncond.embeds[0, 0, 0]) + 0.01 * crop

@@ -4,7 +4,8 @@ import math
 
 import torch
 
-from accdiffusion.attention import downsampled_side, spatial_factor
+from accdiffusion.attention import downsampled_side
+from accdiffusion.models.unet_attention import spatial_factor
 from accdiffusion.sampler import cosine_factor, from_image, renormalize, to_image
 from accdiffusion.types import PatchPrompts, Window, WindowLayout
 

@@ -540,8 +540,8 @@ def test_fake_adapter_through_the_view_executor() -> None:
     uncond = adapter.encode_negative("a cat", "blurry")
     ex = ViewExecutor(adapter, uncond, (64, 64), 3)
     latents = torch.randn(4, 4, 8, 8, generator=kit.generator(0))
-    crops = torch.tensor([[0, 0], [0, 16], [16, 0], [16, 16]])
-    group = ViewGroup(latents, ex.conditioning(["a cat", "a dog on a sofa", "a cat", ""]), 5.0, crops)
+    positions = torch.tensor([[0, 0], [0, 8], [8, 0], [8, 8]])
+    group = ViewGroup(latents, ex.conditioning(["a cat", "a dog on a sofa", "a cat", ""]), 5.0, positions)
 
     class Identity:
         def scale_model_input(self, x, t):
@@ -549,14 +549,14 @@ def test_fake_adapter_through_the_view_executor() -> None:
 
     (out,) = ex.evaluate(Identity(), 10, [group])
     e = torch.tensor([0.02, 0.05, 0.02, 0.0]).view(4, 1, 1, 1)
-    top = crops[:, :1].float().view(4, 1, 1, 1)
+    top = (positions[:, :1] * adapter.vae_scale_factor).float().view(4, 1, 1, 1)  # image pixels
     cond = latents * (0.5 + e) + 0.001 * top
     unc = latents * (0.5 + 0.01) + 0.001 * top
     assert torch.allclose(out, unc + 5.0 * (cond - unc), atol=1e-6)
     assert adapter.calls_to("encode_prompts") == [{"prompts": ("a cat", "a dog on a sofa", "")}]
     assert [c["views"] for c in adapter.calls_to("predict")] == [6, 2]  # 3 views and their CFG halves per call
     assert ex.evaluations == 8
-    residuals = adapter.control_residuals(None, latents, 10, group.cond, crops, (64, 64), torch.zeros(4, 3, 16, 16),
+    residuals = adapter.control_residuals(None, latents, 10, group.cond, positions, (64, 64), torch.zeros(4, 3, 16, 16),
                                           0.5)
     assert residuals[1].shape == (4, 1, 1, 1) and float(residuals[1][0]) == 0.5
 
@@ -567,7 +567,7 @@ def test_fake_adapter_text_side() -> None:
     assert adapter.prompt_token_count("a red cat") == 5
     rows = adapter.encode_prompts(["a red cat"])
     assert rows.embeds.shape == (1, 1, 2) and rows.pooled.shape == (1, 2)
-    custom = FakeAdapter(output=lambda x, t, cond, crops: x * 0)
+    custom = FakeAdapter(output=lambda x, t, cond, positions: x * 0)
     assert not custom.predict(torch.ones(2, 4, 2, 2), 1, Conditioning(torch.zeros(2, 1, 2)), None, (8, 8)).any()
     with pytest.raises(ValueError, match="2 latents and 1 conditioning rows"):
         adapter.predict(torch.ones(2, 4, 2, 2), 1, Conditioning(torch.zeros(1, 1, 2)), None, (8, 8))
@@ -588,3 +588,54 @@ def test_fake_adapter_drives_a_whole_run() -> None:
     assert adapter.calls_to("encode_prompts")[0] == {"prompts": ("a red cat on a sofa",)}
     again = Sampler(FakeAdapter(), **stages)(settings)
     assert torch.equal(result.latents, again.latents)
+
+
+# -- the model-family contract's checks fail on broken families -------------------------
+
+
+def test_adapter_declaration_check_names_what_is_wrong() -> None:
+    adapter = FakeAdapter()
+    adapter.denoiser = object()
+    kit.check_adapter_declarations(adapter)
+    adapter.guidance = "twice"
+    with pytest.raises(AssertionError, match="guidance='twice'"):
+        kit.check_adapter_declarations(adapter)
+    adapter.guidance, adapter.patch_size = "cfg", 3
+    with pytest.raises(AssertionError, match="native_size=32 is not a multiple of vae_scale_factor \\* patch_size = 6"):
+        kit.check_adapter_declarations(adapter)
+
+
+def test_text_side_check_catches_words_that_are_not_the_prompts() -> None:
+    adapter = FakeAdapter()
+    kit.check_text_side(adapter, "a red circle")
+
+    class Glued(FakeAdapter):
+        def word_groups(self, prompt):
+            return ("ared", "circle"), ((0, 1), (2,))
+
+    with pytest.raises(AssertionError, match="gave words \\('ared', 'circle'\\)"):
+        kit.check_text_side(Glued(), "a red circle")
+
+
+def test_family_registration_check_names_the_registered_families() -> None:
+    from accdiffusion.builtins import BUILTINS
+
+    assert kit.check_family_registration(BUILTINS, "sdxl").name == "sdxl"
+    with pytest.raises(AssertionError, match="no model family 'flux' is registered; registered: sd, sdxl"):
+        kit.check_family_registration(BUILTINS, "flux")
+
+
+def test_noise_schedule_check_catches_a_schedule_that_noises_more_later() -> None:
+    from accdiffusion.models.noise import DiscreteTimeNoise
+
+    class Backwards(DiscreteTimeNoise):
+        def add_noise(self, x0, noise, t):
+            return x0 + noise * (1000 - float(t)) / 1000
+
+    class Adapter(FakeAdapter):
+        def noise_schedule(self, scheduler):
+            return Backwards(scheduler)
+
+    kit.check_noise_schedule(FakeAdapter())
+    with pytest.raises(AssertionError, match="later timesteps must noise less"):
+        kit.check_noise_schedule(Adapter())

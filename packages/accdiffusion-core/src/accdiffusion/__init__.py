@@ -2,7 +2,8 @@
 
 AccDiffusion (patch-content-aware prompts, dilated sampling with window
 interaction) on the DemoFusion pipeline (progressive upscaling, skip
-residual, MultiDiffusion local windows), for SDXL and SD 1.5 / 2.1.
+residual, MultiDiffusion local windows), for SDXL and SD 1.5 / 2.1, and
+for any model family a plugin registers.
 """
 
 from typing import TYPE_CHECKING
@@ -10,14 +11,15 @@ from typing import TYPE_CHECKING
 # The names below are imported on first use (PEP 562), so that the command line
 # starts without torch and diffusers and can answer Ctrl-C during start-up.
 _LAZY = {
-    "ModelAdapter": "adapters", "SDAdapter": "adapters", "SDXLAdapter": "adapters",
+    "ModelAdapter": "models", "ModelFamily": "models", "SDAdapter": "models", "SDXLAdapter": "models",
+    "UNetAdapter": "models",
     "generate": "api",
     "AccDiffusionError": "errors", "ModelError": "errors", "PluginError": "errors", "ResourceError": "errors",
     "SettingsError": "errors",
     "load_pipeline": "loading",
     "write_run": "output",
     "PhaseInfo": "sampler", "Result": "sampler", "Sampler": "sampler",
-    "PluginHost": "plugins", "StageEntry": "plugins", "StagePlugin": "plugins", "hookimpl": "hookspecs",
+    "PluginHost": "plugins", "StageEntry": "registration", "StagePlugin": "registration", "hookimpl": "hookspecs",
     "option": "options",
     "DEFAULT_NEGATIVE_PROMPT": "settings", "Plan": "settings", "Settings": "settings", "plan_sizes": "settings",
     "GlobalGuidance": "stages", "PromptDecomposer": "stages", "Tiler": "stages", "Upscaler": "stages",
@@ -42,7 +44,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors
-    from .adapters import ModelAdapter, SDAdapter, SDXLAdapter
+    from .models import ModelAdapter, ModelFamily, SDAdapter, SDXLAdapter, UNetAdapter
     from .api import generate
     from .errors import AccDiffusionError, ModelError, PluginError, SettingsError
     from .loading import load_pipeline
@@ -50,7 +52,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors
     from .sampler import PhaseInfo, Result, Sampler
     from .hookspecs import hookimpl
     from .options import option
-    from .plugins import PluginHost, StageEntry, StagePlugin
+    from .plugins import PluginHost
+    from .registration import StageEntry, StagePlugin
     from .settings import DEFAULT_NEGATIVE_PROMPT, Plan, Settings, plan_sizes
     from .stages import GlobalGuidance, PromptDecomposer, Tiler, Upscaler
     from .types import (
@@ -71,6 +74,7 @@ __all__ = [
     "AccDiffusionError",
     "AttentionMaps",
     "ModelAdapter",
+    "ModelFamily",
     "PhaseInfo",
     "Result",
     "SDAdapter",
@@ -96,6 +100,7 @@ __all__ = [
     "StageEntry",
     "StagePlugin",
     "Tiler",
+    "UNetAdapter",
     "Upscaler",
     "ViewBatchRequest",
     "Window",

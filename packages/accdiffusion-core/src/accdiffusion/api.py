@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import difflib
-import io
 import os
 import time
-import warnings
 from typing import Any, Mapping, Optional, Union
 
 import attrs
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .errors import ModelError, PluginError, ResourceError, SettingsError
+from .images import MAX_IMAGE_PIXELS, load_image  # noqa: F401 - part of this module's API
 from .loading import apply_loras, check_device, check_lora_locations, inspect_folder, load_pipeline
 from .output import build_record
 from .plugins import NO_GLOBAL_GUIDANCE, PluginHost
@@ -34,66 +33,6 @@ def resolve_model(model: Optional[str], host: PluginHost) -> str:
                              "(pip install packages/accdiffusion-shapes, or pass a model)")
         return location
     return host.model_location(model) or model
-
-
-#: Largest input image, in pixels (8192 x 8192); larger headers are refused
-#: before the pixels are decoded.
-MAX_IMAGE_PIXELS = 8192 * 8192
-
-_IMAGE_KINDS = "a file path, the bytes of an image file, a PIL image or a numpy HxWx3 uint8 array"
-
-
-def _checked_size(img: Image.Image, what: str) -> Image.Image:
-    w, h = img.size
-    if w <= 0 or h <= 0:
-        raise SettingsError(f"image={what} is not allowed: it has no pixels ({w}x{h})")
-    if w * h > MAX_IMAGE_PIXELS:
-        raise SettingsError(f"image={what} is too large: {w}x{h} = {w * h} pixels; the limit is "
-                            f"{MAX_IMAGE_PIXELS} pixels (accdiffusion.api.MAX_IMAGE_PIXELS)")
-    return img
-
-
-def _open_image(source: Any, what: str) -> Image.Image:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as img:
-                _checked_size(img, what)  # from the header, before decoding
-                return img.convert("RGB")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise SettingsError(f"image={what} is too large: {exc}; the limit is {MAX_IMAGE_PIXELS} pixels "
-                            "(accdiffusion.api.MAX_IMAGE_PIXELS)") from None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        raise SettingsError(f"image={what} cannot be read as an image: {exc}") from None
-
-
-def load_image(image: Any) -> Image.Image:
-    """The input image as RGB, from a path, an image file's bytes, a PIL image
-    or a numpy ``HxW``/``HxWx3``/``HxWx4`` ``uint8`` array; :class:`SettingsError`
-    naming the input for anything else, for an unreadable file, for an image
-    without pixels and for one above :data:`MAX_IMAGE_PIXELS`."""
-    if isinstance(image, (str, os.PathLike)):
-        return _open_image(image, repr(os.fspath(image)) if isinstance(image, os.PathLike) else repr(image))
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return _open_image(io.BytesIO(bytes(image)), f"<{len(image)} bytes>")
-    if isinstance(image, Image.Image):
-        _checked_size(image, "<PIL image>")
-        return image if image.mode == "RGB" else image.convert("RGB")
-    if type(image).__module__ == "numpy" and hasattr(image, "dtype") and hasattr(image, "shape"):
-        shape = tuple(image.shape)
-        what = f"<numpy array {'x'.join(map(str, shape)) or 'scalar'} {image.dtype}>"
-        if str(image.dtype) != "uint8" or not (len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3, 4))):
-            raise SettingsError(f"image={what} is not allowed: a numpy array must be HxWx3 (or HxW, HxWx4) uint8")
-        if 0 in shape[:2]:
-            raise SettingsError(f"image={what} is not allowed: it has no pixels")
-        if shape[0] * shape[1] > MAX_IMAGE_PIXELS:
-            raise SettingsError(f"image={what} is too large: {shape[0] * shape[1]} pixels; the limit is "
-                                f"{MAX_IMAGE_PIXELS} pixels (accdiffusion.api.MAX_IMAGE_PIXELS)")
-        import numpy as np
-
-        array = np.ascontiguousarray(image[:, :, 0] if len(shape) == 3 and shape[2] == 1 else image)
-        return Image.fromarray(array).convert("RGB")
-    raise SettingsError(f"image of type {type(image).__name__} is not allowed: {_IMAGE_KINDS}")
 
 
 _GENERATE_ARGUMENTS = ("model", "model_config", "pipeline", "image", "host", "progress", "prompt_decomposer",
@@ -166,8 +105,9 @@ def _out_of_memory(exc: BaseException, phase: str, settings: Settings, size: Opt
 
 
 def estimate_cost(settings: Settings, plan: Any, host: PluginHost, overrides: dict[str, Any],
-                  location: Optional[str]) -> "preflight.Estimate":
-    """The preflight estimate of a run on the local folder ``location`` (no weights load)."""
+                  location: Optional[str], info: Optional[dict[str, Any]] = None) -> "preflight.Estimate":
+    """The preflight estimate of a run on the local folder ``location`` (no
+    weights load); ``info``: the folder's :func:`~accdiffusion.loading.inspect_folder` answer."""
     from .sampler import schedule_request_for
     from .schedules import validate_schedule
 
@@ -179,7 +119,10 @@ def estimate_cost(settings: Settings, plan: Any, host: PluginHost, overrides: di
     gg = overrides.get("global_guidance", settings.global_guidance)
     sg = overrides.get("structure_guidance", settings.structure_guidance)
     controlnet = host.options_for("structure_guidance", sg, settings).get("model") if sg == "controlnet" else None
+    info = info or {}
     return preflight.estimate(settings, plan, schedules, device=device, folder=location,
+                              latent_channels=int(info.get("latent_channels", 4)),
+                              denoiser=str(info.get("denoiser", "unet")),
                               local=settings.local_path, global_path=gg not in (None, NO_GLOBAL_GUIDANCE),
                               controlnet=controlnet)
 
@@ -199,12 +142,12 @@ def estimate_run(prompt: str, *, model: Optional[str] = None, host: Optional[Plu
     check_stage_names(settings, host, overrides)
     host.check_options(settings, selected_stages(settings, overrides))
     location = resolve_model(model, host)
-    info = inspect_folder(location)
+    info = inspect_folder(location, host.families())
     if info is None:
         raise ModelError(f"model {location!r} is not a local diffusers folder: a cost estimate reads the "
                          "folder's configs (download it first, or pass a registered model name)")
     plan = plan_sizes(settings, info["native_size"], info["vae_scale_factor"])
-    return estimate_cost(settings, plan, host, overrides, location)
+    return estimate_cost(settings, plan, host, overrides, location, info)
 
 
 def check_stage_names(settings: Settings, host: PluginHost, overrides: dict[str, Any]) -> None:
@@ -297,13 +240,13 @@ def generate(
     try:
         if pipeline is None:
             location = resolve_model(model, host)
-            info = inspect_folder(location)
+            info = inspect_folder(location, host.families())
             if info is not None:
                 plan = plan_sizes(settings, info["native_size"], info["vae_scale_factor"])
                 size = (plan.height, plan.width)
-                preflight.check(estimate_cost(settings, plan, host, overrides, location), settings)
+                preflight.check(estimate_cost(settings, plan, host, overrides, location, info), settings)
             pipeline = load_pipeline(location, settings.dtype, settings.device, offload=settings.offload,
-                                     single_file_config=model_config)
+                                     single_file_config=model_config, families=host.families())
         phase["name"] = "preparing the stages"
         sampler = Sampler.from_pipeline(pipeline, settings, host=host, executor=executor, **overrides)
         loras = apply_loras(pipeline, settings.lora)

@@ -184,7 +184,8 @@ class Worker:
         if threads:
             torch.set_num_threads(int(threads))
         self.host = PluginHost()
-        self.pipeline = load_pipeline(location, dtype, device, offload=offload, single_file_config=model_config)
+        self.pipeline = load_pipeline(location, dtype, device, offload=offload, single_file_config=model_config,
+                                      families=self.host.families())
 
     def run(self, line: Line, base: dict[str, Any], out_dir: str, model: dict[str, Any], prompts_file: str,
             pictures: bool) -> dict[str, Any]:

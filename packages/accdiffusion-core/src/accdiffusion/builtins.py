@@ -1,5 +1,6 @@
-"""The core's own stages, registered from one list like any plugin's.
+"""The core's own stages and model families, registered from one list like any plugin's.
 
+* model families: ``sdxl`` and ``sd`` (:mod:`accdiffusion.models.unet`);
 * schedules: ``paper`` (default) and ``fast`` (:mod:`accdiffusion.schedules`);
 * structure guidances: ``none`` (default) and ``controlnet``
   (:mod:`accdiffusion.structure`).
@@ -7,11 +8,15 @@
 
 from __future__ import annotations
 
-from .plugins import StageEntry, StagePlugin
+from .models.unet import SD_FAMILY, SDXL_FAMILY
+from .registration import StageEntry, StagePlugin
 from .schedules import FastSchedule, PaperSchedule
 from .structure import ControlNetGuidance, NoStructureGuidance
 
 BUILTINS = StagePlugin([
+    # families are asked latest registered first: SDXL before SD (single-file checkpoints too)
+    StageEntry("model_family", "sd", SD_FAMILY, SD_FAMILY.description),
+    StageEntry("model_family", "sdxl", SDXL_FAMILY, SDXL_FAMILY.description),
     StageEntry("schedule", "paper", PaperSchedule,
                "DemoFusion/AccDiffusion as published: every phase from pure noise, all steps"),
     StageEntry("schedule", "fast", FastSchedule,

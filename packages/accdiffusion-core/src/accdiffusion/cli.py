@@ -403,7 +403,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         base = {**defaults, **options}
         Settings(prompt="", **base)  # the command line's own values, before any line
         location = resolve_model(args.model, host)
-        lines = check_lines(parse_prompts(args.prompts_file), base, host, inspect_folder(location))
+        lines = check_lines(parse_prompts(args.prompts_file), base, host, inspect_folder(location, host.families()))
         for line in lines:
             if line.error is not None:
                 print(f"accdiffusion: {args.prompts_file}:{line.number}: skipped: {line.error}", file=sys.stderr)

@@ -1,13 +1,16 @@
-"""The view executor: the one way the sampler reaches the UNet.
+"""The view executor: the one way the sampler reaches the denoiser (a UNet, a transformer).
 
-A *view* is one native-size latent the UNet denoises: a local window, a
+A *view* is one native-size latent the denoiser denoises: a local window, a
 dilated sample, or phase 1's whole latent. The executor owns everything
 between the sampler's views and ``adapter.predict``:
 
 * the text conditioning of a phase: each distinct prompt is encoded once
   (:meth:`ViewExecutor.conditioning`);
-* classifier-free guidance: views whose guidance scale is above 1 are
-  evaluated with the unconditional row too, and guided;
+* guidance, in the adapter's declared mode (``adapter.guidance``): with
+  ``"cfg"``, views whose guidance scale is above 1 are evaluated with the
+  unconditional row too, and guided; with ``"embedded"`` (a model that takes
+  the scale as an input, e.g. FLUX.1-dev) each view is one row and
+  ``predict`` gets every row's scale as ``guidance=``;
 * batching: the views of one step, from any number of :class:`ViewGroup` s
   (local windows and dilated samples together), go to the UNet in chunks of
   ``batch_size`` views;
@@ -36,10 +39,12 @@ class ViewGroup:
 
     ``latents``: ``(N, C, h, w)``, not yet scaled by the scheduler; ``cond``:
     ``N`` conditioning rows; ``guidance_scale``: CFG scale (no CFG at or
-    below 1); ``crops``: ``(N, 2)`` SDXL crop coordinates in image pixels or
-    ``None`` for ``(0, 0)``; ``key``: a hashable name under which the
-    executor may keep this group's conditioning between steps (``None``: not
-    cached). The same key must always come with the same rows and crops.
+    below 1); ``positions``: ``(N, 2)`` integer (top, left) of each view on
+    the canvas in latent pixels, or ``None`` for whole-canvas views (the
+    adapter turns them into what its family needs: SDXL's crop coordinates);
+    ``key``: a hashable name under which the executor may keep this group's
+    conditioning between steps (``None``: not cached). The same key must
+    always come with the same rows and positions.
     ``control``: per-view extra conditioning from a structure guidance
     (:class:`~accdiffusion.types.ControlViews`, one control image per view)
     or ``None``; the control images are not part of the cached rows.
@@ -48,7 +53,7 @@ class ViewGroup:
     latents: torch.Tensor = attrs.field(eq=False)
     cond: Conditioning = attrs.field(eq=False)
     guidance_scale: float
-    crops: Optional[torch.Tensor] = attrs.field(default=None, eq=False)
+    positions: Optional[torch.Tensor] = attrs.field(default=None, eq=False)
     key: Optional[Hashable] = None
     control: Optional[ControlViews] = attrs.field(default=None, eq=False)
 
@@ -72,6 +77,11 @@ def repeat_conditioning(c: Conditioning, n: int) -> Conditioning:
     """The single row of ``c`` repeated ``n`` times (a view, no copy)."""
     return Conditioning(c.embeds.expand(n, *c.embeds.shape[1:]),
                         None if c.pooled is None else c.pooled.expand(n, *c.pooled.shape[1:]))
+
+
+def guidance_mode(adapter: Any) -> str:
+    """The adapter's declared guidance mode: ``"cfg"`` unless it declares ``"embedded"``."""
+    return "embedded" if getattr(adapter, "guidance", "cfg") == "embedded" else "cfg"
 
 
 class ViewExecutor:
@@ -114,7 +124,8 @@ class ViewExecutor:
         """Guided model outputs for every group, in ``batch_size`` chunks across groups.
 
         Returns one ``(N_g, C, h, w)`` float32 tensor per group. Views of a
-        chunk are scaled by ``scheduler.scale_model_input`` with ``timestep``.
+        chunk are scaled by ``scheduler.scale_model_input`` with ``timestep``
+        (``scheduler``: the phase's noise schedule, :mod:`accdiffusion.models.noise`).
         """
         groups = [g for g in groups]
         sizes = [len(g) for g in groups]
@@ -148,8 +159,9 @@ class ViewExecutor:
                 for start, stop, segments in chunks]
 
     def _chunk(self, x: torch.Tensor, timestep: Any, segments: list[tuple[ViewGroup, int, int]]) -> torch.Tensor:
-        """One UNet call for a chunk made of ``segments`` (group, lo, hi)."""
-        cfg = [g.guidance_scale > 1.0 for g, _, _ in segments]
+        """One denoiser call for a chunk made of ``segments`` (group, lo, hi)."""
+        embedded = guidance_mode(self.adapter) == "embedded"
+        cfg = [g.guidance_scale > 1.0 and not embedded for g, _, _ in segments]
         key = None
         if all(g.key is not None for g, _, _ in segments):
             key = tuple((g.key, lo, hi, c) for (g, lo, hi), c in zip(segments, cfg))
@@ -157,11 +169,11 @@ class ViewExecutor:
             cond, crops = self._cache[key]
         else:
             rows = [slice_conditioning(g.cond, slice(lo, hi)) for g, lo, hi in segments]
-            any_crops = any(g.crops is not None for g, _, _ in segments)
+            any_crops = any(g.positions is not None for g, _, _ in segments)
             crop_rows = None
             if any_crops:
-                crop_rows = [g.crops[lo:hi] if g.crops is not None else torch.zeros(hi - lo, 2, dtype=torch.long)
-                             for g, lo, hi in segments]
+                crop_rows = [g.positions[lo:hi] if g.positions is not None
+                             else torch.zeros(hi - lo, 2, dtype=torch.long) for g, lo, hi in segments]
             uncond_rows = [repeat_conditioning(self.uncond, hi - lo)
                            for (g, lo, hi), c in zip(segments, cfg) if c]
             cond = cat_conditioning(uncond_rows + rows)
@@ -175,12 +187,15 @@ class ViewExecutor:
             unc_x = [x[a:b] for a, b, c in self._offsets(segments, cfg) if c]
             x = torch.cat(unc_x + [x])  # unconditional rows of the CFG views first, then every view
         self.evaluations += int(x.shape[0])
+        extra: dict[str, Any] = {}
+        if embedded:
+            extra["guidance"] = torch.cat([torch.full((hi - lo,), float(g.guidance_scale)) for g, lo, hi in segments])
         if any(g.control is not None for g, _, _ in segments):
             down, mid = self._control_residuals(x, timestep, cond, crops, segments, cfg)
             out = self.adapter.predict(x, timestep, cond, crops, self.target, down_block_additional_residuals=down,
-                                       mid_block_additional_residual=mid)
+                                       mid_block_additional_residual=mid, **extra)
         else:
-            out = self.adapter.predict(x, timestep, cond, crops, self.target)
+            out = self.adapter.predict(x, timestep, cond, crops, self.target, **extra)
         if not any(cfg):
             return out
         n_unc = out.shape[0] - sum(hi - lo for _, lo, hi in segments)

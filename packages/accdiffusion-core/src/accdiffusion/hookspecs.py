@@ -14,7 +14,8 @@ built with the run's option values); or a factory ``factory(settings)``, or,
 with ``options=`` naming an options class, ``factory(settings, options)``.
 Stage objects are described in :mod:`accdiffusion.stages`. Hooks are grouped by when they matter:
 
-* model loading: :func:`accdiffusion_register_models`, :func:`accdiffusion_adapt_pipeline`
+* model loading: :func:`accdiffusion_register_models`, :func:`accdiffusion_register_model_families`,
+  :func:`accdiffusion_adapt_pipeline`
 * stage registration: one hook per stage.
 """
 
@@ -48,14 +49,31 @@ def accdiffusion_register_models(register) -> None:
     """
 
 
+@hookspec
+def accdiffusion_register_model_families(register) -> None:
+    """Register model families: ``register(family)`` with an
+    :class:`accdiffusion.models.ModelFamily` (a name, a
+    :class:`accdiffusion.models.ModelAdapter` subclass, the diffusers pipeline
+    class names it claims, optionally the pipeline class of its single-file
+    checkpoints).
+
+    A local model folder is accepted when a family claims its
+    ``model_index.json`` class (its configs are read by the adapter's
+    ``folder_info`` before weights load); a loaded pipeline is adapted by the
+    family that claims it. Families registered later are asked first, so a
+    plugin can replace a built-in family (``sdxl``, ``sd``).
+    """
+
+
 @hookspec(firstresult=True)
 def accdiffusion_adapt_pipeline(pipeline: Any, settings: Any) -> Optional[Any]:
     """Claim a loaded diffusers pipeline by returning a model adapter.
 
-    Return an :class:`accdiffusion.adapters.ModelAdapter` for ``pipeline``, or
-    ``None`` to let the next plugin try. The first non-``None`` answer wins;
-    plugins registered later are asked first, so a plugin can override the
-    built-in SDXL and SD adapters.
+    Return an :class:`accdiffusion.models.ModelAdapter` for ``pipeline``, or
+    ``None`` to let the next plugin try. Asked before the registered model
+    families (:func:`accdiffusion_register_model_families`), so it can
+    override any of them for one pipeline; the first non-``None`` answer
+    wins, plugins registered later are asked first.
     """
 
 

@@ -7,28 +7,40 @@ model loads.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
+from .configs import DTYPES, folder_class, read_config
+from .models.controlnet import CONTROLNET_CLASS, check_controlnet, load_controlnet, unet_family_label  # noqa: F401
 from .errors import ModelError, SettingsError
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
-SUPPORTED_CLASSES = ("StableDiffusionXLPipeline", "StableDiffusionPipeline")
 
 
 def is_single_file(location: str) -> bool:
     return os.path.isfile(location) and location.lower().endswith(SINGLE_FILE_SUFFIXES)
 
 
-def inspect_folder(location: str) -> Optional[dict[str, Any]]:
-    """For a local diffusers folder: its pipeline class and native size, from
-    configs only. ``None`` for a hub id. Raises :class:`ModelError` for a
-    folder that is not a supported pipeline."""
+def _families(families: Optional[Sequence[Any]]) -> Sequence[Any]:
+    if families is not None:
+        return families
+    from .models import BUILTIN_FAMILIES
+
+    return BUILTIN_FAMILIES
+
+
+def inspect_folder(location: str, families: Optional[Sequence[Any]] = None) -> Optional[dict[str, Any]]:
+    """For a local diffusers folder: its pipeline class, model family and
+    native size, from configs only. ``None`` for a hub id. Raises
+    :class:`ModelError` for a folder that no model family claims.
+
+    ``families``: the registered :class:`~accdiffusion.models.ModelFamily`
+    values in the order they are asked (``PluginHost.families()``; default:
+    the core's ``sdxl`` and ``sd``). The claiming family's adapter reads the
+    folder's configs (``folder_info``)."""
     path = Path(location)
     if not path.is_dir():
         if path.exists() and not is_single_file(location):
@@ -36,50 +48,21 @@ def inspect_folder(location: str) -> Optional[dict[str, Any]]:
                              f"(allowed suffixes: {', '.join(SINGLE_FILE_SUFFIXES)})")
         return None
     index = path / "model_index.json"
-    if not index.is_file() and _folder_class(path) == CONTROLNET_CLASS:
+    if not index.is_file() and folder_class(path) == CONTROLNET_CLASS:
         raise ModelError(f"model folder {location!r} holds a ControlNet ({CONTROLNET_CLASS}), not a pipeline: "
                          "pass it as --controlnet (controlnet=...) with --structure-guidance controlnet, "
                          "and a base model of its family as --model")
     if not index.is_file():
         raise ModelError(f"model folder {location!r} has no model_index.json: not a diffusers pipeline folder")
-    info = _read_config(path, "model_index.json", location)
+    info = read_config(path, "model_index.json", location)
     cls = info.get("_class_name")
-    if cls not in SUPPORTED_CLASSES:
+    families = _families(families)
+    family = next((f for f in families if cls in f.pipelines), None)
+    if family is None:
+        supported = ", ".join(dict.fromkeys(c for f in families for c in f.pipelines)) or "(no family registered)"
         raise ModelError(f"model folder {location!r} holds a {cls!r} (model_index.json, key '_class_name'); "
-                         f"supported: {', '.join(SUPPORTED_CLASSES)}")
-    unet = _read_config(path, "unet/config.json", location)
-    vae = _read_config(path, "vae/config.json", location)
-    sample_size = unet.get("sample_size")
-    if not (isinstance(sample_size, int) and not isinstance(sample_size, bool) and sample_size > 0):
-        raise ModelError(f"model folder {location!r}: unet/config.json key 'sample_size' is "
-                         f"{'missing' if 'sample_size' not in unet else repr(sample_size)}; "
-                         "expected a positive integer")
-    channels = vae.get("block_out_channels")
-    if not (isinstance(channels, list) and channels
-            and all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels)):
-        raise ModelError(f"model folder {location!r}: vae/config.json key 'block_out_channels' is "
-                         f"{'missing' if 'block_out_channels' not in vae else repr(channels)}; "
-                         "expected a non-empty list of positive integers")
-    vae_factor = 2 ** (len(channels) - 1)
-    return {"class_name": cls, "native_size": sample_size * vae_factor, "vae_scale_factor": vae_factor}
-
-
-def _read_config(folder: Path, name: str, location: str) -> dict[str, Any]:
-    """``folder/name`` parsed as a JSON object, or :class:`ModelError` naming the file."""
-    try:
-        text = (folder / name).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ModelError(f"model folder {location!r} is incomplete or unreadable: {name} is missing") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelError(f"model folder {location!r} is incomplete or unreadable: cannot read {name}: {exc}") from None
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ModelError(f"model folder {location!r}: {name} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"model folder {location!r}: {name} must hold a JSON object, "
-                         f"not a {type(data).__name__}")
-    return data
+                         f"supported: {supported}")
+    return {"class_name": cls, "family": family.name, **family.inspect(path, location)}
 
 
 def available_devices() -> list[str]:
@@ -157,11 +140,13 @@ def load_pipeline(
     *,
     offload: str = "none",
     single_file_config: Optional[str] = None,
+    families: Optional[Sequence[Any]] = None,
 ) -> Any:
     """Load a diffusers pipeline from a hub id, a local folder or a single file.
 
-    Single-file checkpoints go through diffusers' ``from_single_file`` (SDXL
-    is tried first, then SD); ``single_file_config`` names a local diffusers
+    Single-file checkpoints go through diffusers' ``from_single_file`` of
+    each family's ``single_file`` class in turn (``families``, default the
+    core's: SDXL first, then SD); ``single_file_config`` names a local diffusers
     folder or hub id whose configs describe the checkpoint's architecture.
     ``offload`` is ``"none"``, ``"model"`` (whole components move to ``device``
     when used) or ``"sequential"`` (layer by layer; slowest, least memory);
@@ -174,7 +159,9 @@ def load_pipeline(
     try:
         if is_single_file(location):
             last: Optional[Exception] = None
-            for cls in (diffusers.StableDiffusionXLPipeline, diffusers.StableDiffusionPipeline):
+            readers = [getattr(diffusers, f.single_file) for f in _families(families)
+                       if f.single_file and hasattr(diffusers, f.single_file)]
+            for cls in readers:
                 try:
                     kwargs = {"torch_dtype": torch_dtype}
                     if single_file_config:
@@ -184,9 +171,10 @@ def load_pipeline(
                 except Exception as exc:  # noqa: BLE001 - try the next family, report all
                     last = exc
             else:
-                raise ModelError(f"cannot read single-file checkpoint {location!r} as SDXL or SD: {last}")
+                names = " or ".join(f.title for f in _families(families) if f.single_file) or "any registered family"
+                raise ModelError(f"cannot read single-file checkpoint {location!r} as {names}: {last}")
         else:
-            inspect_folder(location)
+            inspect_folder(location, families)
             pipe = diffusers.DiffusionPipeline.from_pretrained(location, torch_dtype=torch_dtype)
     except ModelError:
         raise
@@ -204,82 +192,6 @@ def load_pipeline(
     except ImportError as exc:
         raise ModelError(f"offload={offload!r} needs the accelerate package: pip install accelerate ({exc})") from exc
     return pipe
-
-
-# -- ControlNets -------------------------------------------------------------------
-
-CONTROLNET_CLASS = "ControlNetModel"
-
-
-def _folder_class(path: Path) -> Optional[str]:
-    """The ``_class_name`` of ``path/config.json``, or ``None``."""
-    try:
-        data = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data.get("_class_name") if isinstance(data, dict) else None
-
-
-def _family(config: dict[str, Any]) -> str:
-    return "SDXL" if config.get("addition_embed_type") == "text_time" else "SD 1.x/2.x"
-
-
-def check_controlnet(config: dict[str, Any], unet_config: dict[str, Any], vae_scale_factor: int,
-                     location: str) -> None:
-    """:class:`ModelError` naming ``location`` when the ControlNet ``config``
-    does not fit the base UNet: another family (``addition_embed_type``),
-    another text width (``cross_attention_dim``), other latent or block
-    channels (``in_channels``, ``block_out_channels``), or a control image
-    embedding that does not downsample by the VAE's factor."""
-    what = f"ControlNet {location!r}"
-    checks = (("addition_embed_type", "family"), ("cross_attention_dim", "text embedding width"),
-              ("in_channels", "latent channels"), ("block_out_channels", "block channels"),
-              ("projection_class_embeddings_input_dim", "SDXL added-conditioning width"))
-    for key, meaning in checks:
-        a, b = config.get(key), unet_config.get(key)
-        if isinstance(a, tuple):
-            a = list(a)
-        if isinstance(b, tuple):
-            b = list(b)
-        if a != b:
-            raise ModelError(f"{what} does not fit the model: its {meaning} ({key}={a!r}, a {_family(config)} "
-                             f"ControlNet) differs from the model's UNet ({key}={b!r}, {_family(unet_config)}); "
-                             "allowed: a ControlNet trained for this base model's family")
-    channels = config.get("conditioning_embedding_out_channels") or (16, 32, 96, 256)
-    factor = 2 ** (len(channels) - 1)
-    if factor != vae_scale_factor:
-        raise ModelError(f"{what} does not fit the model: its control-image embedding downsamples by {factor} "
-                         f"(conditioning_embedding_out_channels={list(channels)!r}), the model's VAE by "
-                         f"{vae_scale_factor}; allowed: a ControlNet whose embedding matches the VAE factor")
-
-
-def load_controlnet(location: str, dtype: Any = torch.float32, device: Any = "cpu", *, unet: Any = None,
-                    vae_scale_factor: Optional[int] = None) -> Any:
-    """A diffusers ``ControlNetModel`` from a local folder or a hub id, in
-    ``dtype`` on ``device``. A local folder's ``config.json`` is read and, when
-    ``unet`` is given, checked against it (:func:`check_controlnet`) before
-    the weights load; :class:`ModelError` naming the location otherwise."""
-    import diffusers
-
-    torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
-    path = Path(location)
-    if path.exists():
-        if not path.is_dir():
-            raise ModelError(f"ControlNet {location!r} is a file; allowed: a diffusers ControlNetModel folder "
-                             "(config.json and its weights) or a hub id")
-        config = _read_config(path, "config.json", location)
-        if config.get("_class_name") != CONTROLNET_CLASS:
-            raise ModelError(f"ControlNet {location!r} holds a {config.get('_class_name')!r} (config.json, key "
-                             f"'_class_name'); allowed: a diffusers {CONTROLNET_CLASS} folder")
-        if unet is not None:
-            check_controlnet(config, dict(unet.config), vae_scale_factor or 8, location)
-    try:
-        model = diffusers.ControlNetModel.from_pretrained(location, torch_dtype=torch_dtype)
-    except Exception as exc:  # noqa: BLE001 - wrap loader errors with the location
-        raise ModelError(f"cannot load ControlNet {location!r}: {exc}") from exc
-    if unet is not None and not path.exists():
-        check_controlnet(dict(model.config), dict(unet.config), vae_scale_factor or 8, location)
-    return model.to(device).eval()
 
 
 # -- LoRA -----------------------------------------------------------------------------
@@ -344,12 +256,12 @@ def apply_loras(pipeline: Any, entries: Any) -> list[dict[str, Any]]:
             except Exception as exc:  # noqa: BLE001 - name the file
                 raise ModelError(f"lora {location!r} cannot be loaded into this {type(pipeline).__name__}: "
                                  f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}; "
-                                 f"allowed: a LoRA for the model's family ({_family(dict(pipeline.unet.config))})"
+                                 f"allowed: a LoRA for the model's family ({_lora_family(pipeline)})"
                                  ) from None
             components = sorted(c for c, ns in pipeline.get_list_adapters().items() if name in ns)
             if name not in _adapters(pipeline) or not components or set(have) == set(_adapters(pipeline)):
                 raise ModelError(f"lora {location!r} is not a LoRA for this model: none of its weights match "
-                                 f"the {_family(dict(pipeline.unet.config))} UNet or text encoders")
+                                 f"the {_lora_family(pipeline)} UNet or text encoders")
             names.append(name)
             records.append({"location": location, "scale": scale, "adapter": name, "components": components})
         pipeline.set_adapters(names, adapter_weights=[r["scale"] for r in records])
@@ -366,3 +278,11 @@ def _adapters(pipeline: Any) -> list[str]:
     except Exception:  # noqa: BLE001 - no adapters loaded yet
         return []
     return sorted({n for ns in listed.values() for n in ns})
+
+
+def _lora_family(pipeline: Any) -> str:
+    """The family a LoRA must be trained for, in messages."""
+    unet = getattr(pipeline, "unet", None)
+    if unet is not None:
+        return unet_family_label(dict(unet.config))
+    return type(pipeline).__name__

@@ -13,7 +13,7 @@ A plugin usually is one :class:`StagePlugin`: a registration list of
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import attrs
 import pluggy
@@ -21,6 +21,7 @@ import pluggy
 from . import hookspecs
 from .errors import PluginError, SettingsError
 from .hookspecs import hookimpl
+from .registration import StageEntry, StagePlugin
 from .options import DeclaredOption, declared_options, flag_name
 from .stages import PROTOCOLS, STAGES
 
@@ -91,91 +92,38 @@ class Registration:
         return opts if self.options is self.target else self.target(settings, opts)
 
 
-@attrs.frozen
-class StageEntry:
-    """One line of a plugin's registration list: ``stage`` (one of
-    :data:`accdiffusion.stages.STAGES`, or ``"model"``), the ``name`` users
-    select, the ``target`` (a stage class declaring its options, a factory,
-    or for a model its location), a one-line ``description``, an ``options``
-    class for a factory, and a model's recommended ``defaults``."""
-
-    stage: str
-    name: str
-    target: Any
-    description: str = ""
-    options: Optional[type] = None
-    defaults: Optional[dict] = None
-
-
-class StagePlugin:
-    """A plugin made from one registration list of :class:`StageEntry` lines.
-
-    It implements every registration hook, each registering the lines of its
-    stage, so a plugin package needs only the list and an entry point naming
-    the ``StagePlugin`` object::
-
-        plugin = StagePlugin([StageEntry("tiler", "grid", GridTiler, "a plain grid")])
-    """
-
-    def __init__(self, entries: Sequence[StageEntry], name: Optional[str] = None) -> None:
-        #: the name the plugin manager knows it by when it is not loaded from an entry point
-        self.plugin_name = name
-        for entry in entries:
-            if not isinstance(entry, StageEntry):
-                raise PluginError(f"a registration list holds StageEntry lines, not {entry!r}")
-            if entry.stage not in STAGES and entry.stage != "model":
-                raise PluginError(f"StageEntry {entry.name!r}: unknown stage {entry.stage!r}; stages are "
-                                  f"{', '.join(STAGES)} and model")
-        self.entries = tuple(entries)
-
-    def __repr__(self) -> str:
-        return f"StagePlugin({', '.join(f'{e.stage}:{e.name}' for e in self.entries)})"
-
-    def register_stage(self, stage: str, register: Callable[..., None]) -> None:
-        """Register this list's lines of ``stage`` with ``register``."""
-        for e in self.entries:
-            if e.stage != stage:
-                continue
-            if stage == "model":
-                register(e.name, e.target, e.description, defaults=e.defaults)
-            else:
-                register(e.name, e.target, e.description, options=e.options)
-
-    @hookimpl
-    def accdiffusion_register_models(self, register: Callable[..., None]) -> None:
-        self.register_stage("model", register)
-
-    @hookimpl
-    def accdiffusion_register_prompt_decomposers(self, register: Callable[..., None]) -> None:
-        self.register_stage("prompt_decomposer", register)
-
-    @hookimpl
-    def accdiffusion_register_tilers(self, register: Callable[..., None]) -> None:
-        self.register_stage("tiler", register)
-
-    @hookimpl
-    def accdiffusion_register_global_guidances(self, register: Callable[..., None]) -> None:
-        self.register_stage("global_guidance", register)
-
-    @hookimpl
-    def accdiffusion_register_upscalers(self, register: Callable[..., None]) -> None:
-        self.register_stage("upscaler", register)
-
-    @hookimpl
-    def accdiffusion_register_schedules(self, register: Callable[..., None]) -> None:
-        self.register_stage("schedule", register)
-
-    @hookimpl
-    def accdiffusion_register_structure_guidances(self, register: Callable[..., None]) -> None:
-        self.register_stage("structure_guidance", register)
-
-
 class Registry:
     """Names registered for each stage, and named models."""
 
     def __init__(self) -> None:
         self._stages: dict[str, dict[str, Registration]] = {stage: {} for stage in STAGES}
         self._models: dict[str, Registration] = {}
+        self._families: dict[str, Registration] = {}
+
+    def family_registrar(self, plugin: str, distribution: str = "") -> Callable[..., None]:
+        """The ``register(family)`` callable handed to one plugin's model-family hook."""
+        from .models.base import ModelFamily
+
+        def register(family: Any) -> None:
+            if not isinstance(family, ModelFamily):
+                raise PluginError(f"plugin {plugin!r} registered a model family that is not an "
+                                  f"accdiffusion.models.ModelFamily: {family!r}")
+            reg = Registration(family.name, family, family.description, plugin, {}, None, distribution or plugin,
+                               "model_family")
+            if family.name in self._families:
+                first, second = sorted((self._families[family.name].source(), reg.source()))
+                raise PluginError(f"model family {family.name!r} is registered twice: by {first} and by {second}; "
+                                  "uninstall one of the two distributions")
+            self._families[family.name] = reg
+
+        return register
+
+    def families(self) -> list[Any]:
+        """The registered :class:`~accdiffusion.models.ModelFamily` values, latest registered first."""
+        return [reg.target for reg in reversed(list(self._families.values()))]
+
+    def family_registrations(self) -> list[Registration]:
+        return [self._families[n] for n in sorted(self._families)]
 
     def registrar(self, stage: str, plugin: str, distribution: str = "") -> Callable[..., None]:
         """The ``register`` callable handed to one plugin's hook for ``stage``."""
@@ -281,10 +229,8 @@ class PluginHost:
     def __init__(self, plugins: Iterable[Any] = (), *, entry_points: bool = True) -> None:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
-        from . import adapters  # built-in model adapters, registered like any plugin
-        from .builtins import BUILTINS  # built-in stages (schedules, structure guidances): one list
+        from .builtins import BUILTINS  # built-in model families and stages: one list
 
-        self.pm.register(adapters, name="accdiffusion.adapters")
         self.pm.register(BUILTINS, name="accdiffusion.builtins")
         self._entry_distributions: dict[str, str] = {}
         if entry_points:
@@ -296,9 +242,10 @@ class PluginHost:
         distributions = {self.pm.get_name(plugin): _distribution_name(dist)
                          for plugin, dist in self.pm.list_plugin_distinfo()}
         distributions.update(self._entry_distributions)
-        for name in ("accdiffusion.adapters", "accdiffusion.builtins"):
-            distributions[name] = "accdiffusion-core"
+        distributions["accdiffusion.builtins"] = "accdiffusion-core"
         self.registry = Registry()
+        for impl in self.pm.hook.accdiffusion_register_model_families.get_hookimpls():
+            impl.function(self.registry.family_registrar(impl.plugin_name, distributions.get(impl.plugin_name, "")))
         for stage, hook_name in _STAGE_HOOKS.items():
             hook = getattr(self.pm.hook, hook_name)
             for impl in hook.get_hookimpls():
@@ -439,15 +386,25 @@ class PluginHost:
             if reg.options is not None:
                 reg.make_options(values)  # the options class's own checks, before any model loads
 
+    def families(self) -> list[Any]:
+        """The registered model families, latest registered first (the order they are asked in)."""
+        return self.registry.families()
+
+    def family_of(self, pipeline: Any) -> Optional[Any]:
+        """The model family that claims ``pipeline``, or ``None``."""
+        return next((f for f in self.families() if f.claims(pipeline)), None)
+
     def adapt(self, pipeline: Any, settings: Any) -> Any:
-        """The model adapter that claims ``pipeline``."""
+        """The model adapter for ``pipeline``: a plugin's ``accdiffusion_adapt_pipeline``
+        answer, else the adapter of the first model family that claims it."""
         adapter = self.pm.hook.accdiffusion_adapt_pipeline(pipeline=pipeline, settings=settings)
-        if adapter is None:
-            raise PluginError(
-                f"no model adapter handles a {type(pipeline).__name__}; built in: "
-                "StableDiffusionXLPipeline, StableDiffusionPipeline (SD 1.5 / 2.1)"
-            )
-        return adapter
+        if adapter is not None:
+            return adapter
+        family = self.family_of(pipeline)
+        if family is None:
+            listing = "; ".join(f"{f.name}: {', '.join(f.pipelines)}" for f in self.families()) or "(none)"
+            raise PluginError(f"no model family handles a {type(pipeline).__name__}; registered families: {listing}")
+        return family.adapt(pipeline)
 
     def model_location(self, name: str) -> Optional[str]:
         """The location registered under ``name``, or ``None``."""

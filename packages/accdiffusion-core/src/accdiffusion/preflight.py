@@ -186,14 +186,15 @@ def available_memory(device: str) -> Optional[int]:
 
 def estimate(settings: Settings, plan: Plan, schedules: Sequence[PhaseSchedule], *, device: str = "cpu",
              folder: Optional[str] = None, latent_channels: int = 4, local: bool = True,
-             global_path: bool = True, controlnet: Optional[str] = None) -> Estimate:
+             global_path: bool = True, controlnet: Optional[str] = None, denoiser: str = "unet") -> Estimate:
     """The cost of ``settings`` on ``plan`` with ``schedules``; memory from the
-    configs and weight files of the local diffusers ``folder`` (when given),
-    plus those of a local ``controlnet`` folder (structure guidance)."""
+    configs and weight files of the local diffusers ``folder`` (when given;
+    ``denoiser``: the folder of its denoiser's config), plus those of a local
+    ``controlnet`` folder (structure guidance)."""
     path = Path(folder) if folder is not None and Path(folder).is_dir() else None
     phases = phase_costs(settings, plan, schedules, local=local, global_path=global_path)
     dtype_bytes = _DTYPE_BYTES[settings.dtype]
-    unet_cfg, vae_cfg = _config(path, "unet/config.json"), _config(path, "vae/config.json")
+    unet_cfg, vae_cfg = _config(path, f"{denoiser}/config.json"), _config(path, "vae/config.json")
     unet_width = int((unet_cfg.get("block_out_channels") or [320])[0])
     vae_width = int((vae_cfg.get("block_out_channels") or [128])[0])
     weights = _weights_bytes(path, settings.dtype)

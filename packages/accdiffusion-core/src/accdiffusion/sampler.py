@@ -24,17 +24,18 @@ import inspect
 import math
 import os
 import time
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional
 
 import attrs
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .adapters import ModelAdapter
-from .attention import AttentionCapture, extract_maps
+from .attention import extract_maps
+from .models.base import ModelAdapter
+from .models.noise import noise_for, schedule_for, view_tokens
 from . import preflight
-from .executor import ViewExecutor, ViewGroup, repeat_conditioning
+from .executor import ViewExecutor, ViewGroup, guidance_mode, repeat_conditioning
 from .errors import PluginError, SettingsError
 from .plugins import PluginHost
 from .schedules import PaperSchedule, validate_schedule
@@ -144,7 +145,8 @@ def _step_takes_generator(step: Any) -> bool:
 
 def scheduler_step(scheduler: Any, output: torch.Tensor, t: Any, z: torch.Tensor,
                    generator: Optional[torch.Generator]) -> torch.Tensor:
-    """One scheduler step, passing the run's generator to schedulers that draw noise."""
+    """One step of a noise schedule (:mod:`accdiffusion.models.noise`) or a
+    diffusers scheduler, passing the run's generator to schedulers that draw noise."""
     if _step_takes_generator(type(scheduler).step):
         return scheduler.step(output, t, z, generator=generator, return_dict=False)[0]
     return scheduler.step(output, t, z, return_dict=False)[0]
@@ -206,12 +208,13 @@ class PhaseState:
 @attrs.frozen
 class LocalViews:
     """The local path's windows at one step, with everything that depends only
-    on them: prompts and their conditioning rows, crop coordinates, overlap count."""
+    on them: prompts and their conditioning rows, the windows' positions
+    (``(N, 2)`` top, left in latent pixels of the padded canvas), overlap count."""
 
     layout: WindowLayout
     patch_prompts: PatchPrompts
     cond: Conditioning = attrs.field(eq=False)
-    crops: torch.Tensor = attrs.field(eq=False)
+    positions: torch.Tensor = attrs.field(eq=False)
     count: torch.Tensor = attrs.field(eq=False)
     key: int = 0
     #: the structure guidance's control of each window (``None``: none)
@@ -285,6 +288,14 @@ class Sampler:
             names[stage] = chosen if isinstance(chosen, str) else f"<{type(chosen).__name__}>"
         return cls(host.adapt(pipeline, settings), stage_names=names, executor=executor, **objs)
 
+    def noise_schedule(self, settings: Settings) -> Any:
+        """The run's noise schedule: the adapter's, around the scheduler ``settings.scheduler`` names."""
+        return noise_for(self.adapter, make_scheduler(settings.scheduler, self.adapter.pipeline.scheduler))
+
+    def view_tokens(self, latent_size: tuple[int, int]) -> int:
+        """The denoiser's sequence length of one view of ``latent_size`` (what a flow schedule shifts by)."""
+        return view_tokens(latent_size, int(getattr(self.adapter, "patch_size", 1) or 1))
+
     # -- a run ----------------------------------------------------------------
 
     def __call__(self, settings: Settings, *, image: Optional[Image.Image] = None,
@@ -298,8 +309,8 @@ class Sampler:
                       base_scheduler: Any = None) -> tuple[PhaseSchedule, ...]:
         """The schedule stage's answer for ``plan``'s upscaling phases, checked
         (``base_scheduler``: the run's scheduler, built from the settings when not given)."""
-        base = base_scheduler or make_scheduler(settings.scheduler, self.adapter.pipeline.scheduler)
-        request = schedule_request(settings, plan, base)
+        base = base_scheduler or self.noise_schedule(settings)
+        request = schedule_request(settings, plan, base, self.view_tokens(plan.latent_sizes[0]))
         source = f"schedule {self.stage_names.get('schedule', type(self.schedule).__name__)!r}"
         return validate_schedule(self.schedule.plan(request), request, source)
 
@@ -310,7 +321,7 @@ class Sampler:
             raise SettingsError("local_path=False with global_guidance='none' leaves nothing to sample: "
                                 "keep the local path or choose a global guidance")
         plan = plan_sizes(settings, a.native_size, a.vae_scale_factor)
-        base = make_scheduler(settings.scheduler, a.pipeline.scheduler)
+        base = self.noise_schedule(settings)
         schedules = self.plan_schedule(settings, plan, base)
         preflight.check(preflight.estimate(settings, plan, schedules, device=str(a.device),
                                            latent_channels=a.latent_channels, local=settings.local_path,
@@ -333,8 +344,8 @@ class Sampler:
         a = self.adapter
         run = self.start(settings)
         warnings: list[str] = []
-        if a.prompt_token_count(settings.prompt) > a.tokenizer.model_max_length:
-            warnings.append(f"prompt is longer than the text encoder's {a.tokenizer.model_max_length} tokens; "
+        if a.prompt_token_count(settings.prompt) > a.max_prompt_tokens:
+            warnings.append(f"prompt is longer than the text encoder's {a.max_prompt_tokens} tokens; "
                             "the rest is ignored")
         t0, n0 = time.perf_counter(), run.executor.evaluations
         first = self.run_phase1(run, init_image, progress)
@@ -382,12 +393,12 @@ class Sampler:
         a, settings, gen = self.adapter, run.settings, run.generator
         progress = progress or (lambda desc, total: _NoProgress())
         h1, w1 = run.plan.latent_sizes[0]
-        capture = AttentionCapture(a.unet, settings.attention_factor) if run.needs_attention else contextlib.nullcontext()
+        capture = a.attention_capture(settings.attention_factor) if run.needs_attention else contextlib.nullcontext()
         with capture:
             if run.needs_attention:
-                capture.recorder.cfg = settings.guidance_scale > 1.0
+                capture.recorder.cfg = settings.guidance_scale > 1.0 and guidance_mode(a) == "cfg"
             sched = fresh_copy(run.base_scheduler)
-            sched.set_timesteps(settings.steps, device=run.device)
+            sched.set_timesteps(settings.steps, device=run.device, tokens=self.view_tokens((h1, w1)))
             timesteps = sched.timesteps
             if init_image is None:
                 z = torch.randn((1, a.latent_channels, h1, w1), generator=gen).to(run.device) * sched.init_noise_sigma
@@ -399,8 +410,7 @@ class Sampler:
                 if len(timesteps):
                     noise = torch.randn(encoded.shape, generator=gen).to(run.device)
                     z = sched.add_noise(encoded, noise, timesteps[:1])
-                    if hasattr(sched, "set_begin_index"):
-                        sched.set_begin_index(start)
+                    sched.set_begin_index(start)
             bar = progress("phase 1" + (" (image)" if init_image is not None else ""), len(timesteps))
             for t in timesteps:
                 view = ViewGroup(z, run.cond, settings.guidance_scale, key="phase1")
@@ -412,7 +422,8 @@ class Sampler:
                 z = encoded
         attention = None
         if run.needs_attention:
-            attention = extract_maps(capture.recorder, a, settings.prompt, h1, w1, settings.attention_factor)
+            attention = extract_maps(capture.recorder, a, settings.prompt, h1, w1, capture.latent_per_map,
+                                     grid=capture.grid(h1, w1))
         return Phase1Output(z, attention, z.mean(), z.std())
 
     # -- an upscaling phase ----------------------------------------------------------
@@ -429,7 +440,8 @@ class Sampler:
         s, size = run.plan.scales[index + 1], run.plan.latent_sizes[index + 1]
         ph = run.schedules[index]
         z_up = self.upscaler.upscale(z, size, a).to(run.device)
-        sched, noiser, timesteps = phase_schedulers(run.base_scheduler, ph, run.device)
+        sched, noiser, timesteps = phase_schedulers(run.base_scheduler, ph, run.device,
+                                                    tokens=self.view_tokens(run.plan.latent_sizes[0]))
         noise = torch.randn(z_up.shape, generator=gen).to(run.device)
         previous = low_res_image if index == 0 else functools.lru_cache(maxsize=1)(
             functools.partial(lambda latents: to_image(a.decode_latents(latents)), z))
@@ -474,7 +486,7 @@ class Sampler:
                               f"{ys.numel()} of {h * w} latent pixels uncovered (first at row {int(ys[0])}, "
                               f"column {int(xs[0])}); every pixel needs at least one window")
         vsf = a.vae_scale_factor
-        crops = torch.tensor([[win.top * vsf, win.left * vsf] for win in layout.windows])
+        positions = torch.tensor([[win.top, win.left] for win in layout.windows])
         control = None
         if self.structure_guidance is not None:
             control = self.structure_guidance.control(StructureRequest(
@@ -486,7 +498,7 @@ class Sampler:
                     raise PluginError(f"structure guidance {self.stage_names.get('structure_guidance')!r} returned "
                                       f"control images of shape {tuple(control.images.shape)} for "
                                       f"{len(layout.windows)} windows; expected {want}")
-        return LocalViews(layout, prompts, run.executor.conditioning(prompts.prompts), crops, count.clamp(min=1),
+        return LocalViews(layout, prompts, run.executor.conditioning(prompts.prompts), positions, count.clamp(min=1),
                           next(_layout_keys), control)
 
     # -- one step ------------------------------------------------------------------
@@ -509,7 +521,7 @@ class Sampler:
             control = local.control
             if control is not None and not control.active(i, len(phase.timesteps)):
                 control = None
-            groups.append(ViewGroup(views, local.cond, settings.multi_guidance_scale, local.crops,
+            groups.append(ViewGroup(views, local.cond, settings.multi_guidance_scale, local.positions,
                                     key=("local", local.key), control=control))
         glob = assemble = None
         if self.global_guidance is not None:
@@ -546,41 +558,55 @@ class Sampler:
     def _global_group(self, run: RunState, req: ViewBatchRequest) -> ViewGroup:
         """The executor group for a global-path batch (whole-prompt rows are cached by size)."""
         n = req.latents.shape[0]
-        crops = None if req.crops_top_left is None else torch.tensor(req.crops_top_left)
+        positions = None if req.positions is None else torch.tensor(req.positions)
         if req.prompts is None:
             rows = repeat_conditioning(run.cond, n)
         else:
             if len(req.prompts) != n:
                 raise PluginError(f"global guidance asked for {n} views with {len(req.prompts)} prompts")
             rows = run.executor.conditioning(req.prompts)
-        key = ("global", n) if req.prompts is None and crops is None else None
-        return ViewGroup(req.latents, rows, req.guidance_scale, crops, key=key)
+        key = ("global", n) if req.prompts is None and positions is None else None
+        return ViewGroup(req.latents, rows, req.guidance_scale, positions, key=key)
 
     def _denoise_views(self, run: RunState, sched: Any, t: Any, req: ViewBatchRequest) -> torch.Tensor:
         """``GuidanceRequest.denoise``: a global guidance's own batch through the executor."""
         return run.executor.evaluate(sched, t, [self._global_group(run, req)])[0]
 
 
-def phase_schedulers(base_scheduler: Any, schedule: PhaseSchedule, device: Any = None) -> tuple[Any, Any, torch.Tensor]:
-    """Fresh schedulers for an upscaling phase: the stepping one, set to
+def phase_schedulers(base_scheduler: Any, schedule: PhaseSchedule, device: Any = None, *,
+                     tokens: Optional[int] = None) -> tuple[Any, Any, torch.Tensor]:
+    """Fresh noise schedules for an upscaling phase: the stepping one, set to
     ``schedule.steps`` timesteps and told it begins at ``schedule.start``
     (``set_begin_index``, where the scheduler has it), the one that noises
-    (noise inversion and skip residual), and the timesteps the phase evaluates."""
+    (noise inversion and skip residual), and the timesteps the phase evaluates.
+    ``tokens``: the denoiser's sequence length of one view, for a flow
+    schedule that shifts by it. ``base_scheduler`` may be a diffusers
+    scheduler (wrapped by :func:`accdiffusion.models.noise.schedule_for`)."""
+    base_scheduler = schedule_for(base_scheduler)
     sched = fresh_copy(base_scheduler)
-    sched.set_timesteps(schedule.steps, device=device)
+    sched.set_timesteps(schedule.steps, device=device, tokens=tokens)
     noiser = fresh_copy(base_scheduler)
-    noiser.set_timesteps(schedule.steps, device=device)
-    if schedule.start and hasattr(sched, "set_begin_index"):
+    noiser.set_timesteps(schedule.steps, device=device, tokens=tokens)
+    if schedule.start:
         sched.set_begin_index(schedule.start)
     return sched, noiser, sched.timesteps[schedule.start:]
 
 
-def schedule_request(settings: Settings, plan: Plan, base_scheduler: Any) -> ScheduleRequest:
-    """The schedule stage's question for ``plan``'s upscaling phases."""
+def plan_patch(plan: Plan) -> int:
+    """The patch size a plan's views are tokenized with (1: a UNet's)."""
+    return 1
+
+
+def schedule_request(settings: Settings, plan: Plan, base_scheduler: Any, tokens: Optional[int] = None
+                     ) -> ScheduleRequest:
+    """The schedule stage's question for ``plan``'s upscaling phases
+    (``tokens``: one view's sequence length, for a flow schedule that shifts by it)."""
+    base_scheduler = schedule_for(base_scheduler)
+    tokens = view_tokens(plan.latent_sizes[0], plan_patch(plan))
 
     def timesteps(n: int) -> tuple[int, ...]:
         sched = fresh_copy(base_scheduler)
-        sched.set_timesteps(int(n))
+        sched.set_timesteps(int(n), tokens=tokens)
         return tuple(int(t) for t in sched.timesteps)
 
     return schedule_request_for(settings, plan, timesteps, int(base_scheduler.config.num_train_timesteps))

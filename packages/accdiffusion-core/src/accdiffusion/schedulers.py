@@ -35,5 +35,9 @@ def make_scheduler(name: str, base: Any) -> Any:
 
 
 def fresh_copy(scheduler: Any) -> Any:
-    """An unstepped scheduler of the same class and config (no step history)."""
+    """An unstepped scheduler of the same class and config (no step history);
+    for a noise schedule (:mod:`accdiffusion.models.noise`), its ``fresh()``."""
+    fresh = getattr(scheduler, "fresh", None)
+    if callable(fresh):
+        return fresh()
     return type(scheduler).from_config(scheduler.config)

@@ -156,7 +156,7 @@ class ControlNetGuidance:
             raise SettingsError(f"start={self.start!r} with end={self.end!r} is not allowed: start must be below end")
         self._state.update(net=None, phase={}, pictures={}, image=None)
         if self.image is not None:
-            from .api import load_image
+            from .images import load_image
 
             try:
                 self._state["image"] = load_image(self.image)
@@ -175,19 +175,16 @@ class ControlNetGuidance:
         return self._state["net"]
 
     def prepare(self, adapter: Any) -> None:
-        """Load the ControlNet (once) and check it against ``adapter``'s UNet."""
-        from .loading import check_controlnet, load_controlnet
-
+        """Load the ControlNet (once) and check it against ``adapter``'s model
+        (``adapter.load_controlnet`` / ``adapter.check_controlnet``)."""
         net = self._state["net"]
         if net is None and self.model is None:
             raise SettingsError("structure_guidance='controlnet' needs a ControlNet: --controlnet PATH_OR_ID "
                                 "(a diffusers ControlNetModel folder or hub id matching the model's family)")
         if net is None:
-            self._state["net"] = load_controlnet(self.model, adapter.dtype, adapter.device, unet=adapter.unet,
-                                                 vae_scale_factor=adapter.vae_scale_factor)
+            self._state["net"] = adapter.load_controlnet(self.model)
         else:
-            check_controlnet(dict(net.config), dict(adapter.unet.config), adapter.vae_scale_factor,
-                             type(net).__name__)
+            adapter.check_controlnet(net, type(net).__name__)
         self._state["phase"].clear()
         self._state["pictures"].clear()
 

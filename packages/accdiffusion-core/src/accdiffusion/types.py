@@ -177,14 +177,16 @@ class ViewBatchRequest:
 
     ``latents``: ``(N, C, h, w)``, not yet scaled by the scheduler.
     ``prompts``: one prompt per view, or ``None`` for the whole prompt (each
-    distinct prompt is encoded once per run). ``crops_top_left``: ``(N, 2)`` SDXL crop
-    coordinates in image pixels, or ``None`` for ``(0, 0)``.
+    distinct prompt is encoded once per run). ``positions``: ``(N, 2)`` (top,
+    left) of each view on the canvas in latent pixels, for a model that
+    conditions on where a view lies (SDXL's crop coordinates), or ``None``
+    for views of the whole canvas.
     """
 
     latents: torch.Tensor = attrs.field(eq=False)
     guidance_scale: float
     prompts: Optional[tuple[str, ...]] = None
-    crops_top_left: Optional[tuple[tuple[int, int], ...]] = None
+    positions: Optional[tuple[tuple[int, int], ...]] = None
 
 
 #: ``denoise(request) -> guided model outputs (N, C, h, w)``: the UNet with CFG,

@@ -162,7 +162,8 @@ class Engine:
         self.fixed = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
         base = Settings(prompt="", **{**self.defaults, **self.fixed})
         check_device(base.device)
-        self.pipeline = load_pipeline(self.location, base.dtype, base.device, offload=base.offload)
+        self.pipeline = load_pipeline(self.location, base.dtype, base.device, offload=base.offload,
+                                      families=self.host.families())
         adapter = self.host.adapt(self.pipeline, base)
         self.native_size = int(adapter.native_size)
         self.vae_scale_factor = int(adapter.vae_scale_factor)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import os
 import types
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping, Optional, Sequence, Union
 
 import attrs
@@ -461,16 +462,19 @@ class FakeAdapter(FakeCodec):
       1, 2)``; with ``pooled=True`` also ``pooled = embeds[:, 0]``).
       :meth:`encode_negative` is the row of the negative prompt.
     * :meth:`predict`: ``latents * (0.5 + e) + 0.001 * top`` per row, ``e`` the
-      row's ``embeds[:, 0, 0]`` and ``top`` its crop's first coordinate (0
-      without crops), so a row or crop mixed up in batching changes the
+      row's ``embeds[:, 0, 0]`` and ``top`` its position's first coordinate in
+      image pixels (``positions[:, 0] * vae_scale_factor``; 0 without
+      positions), so a row or position mixed up in batching changes the
       answer; ControlNet residuals given to it are recorded, not used.
-      ``output=fn(latents, timestep, cond, crops_top_left)`` replaces the formula.
+      ``output=fn(latents, timestep, cond, positions)`` replaces the formula.
+      ``guidance`` (default ``"cfg"``) is the guidance mode it declares; with
+      ``"embedded"`` the ``guidance=`` rows it gets are recorded.
     * :meth:`control_residuals`: one down residual and the mid residual, both
       ``full((N, 1, 1, 1), scale)``.
     * The codec is :class:`FakeCodec`'s (``latent_channels`` default 4).
     * ``pipeline.scheduler``: ``scheduler`` or, on first use, a diffusers
       ``EulerDiscreteScheduler`` configured as the tiny test models' (diffusers
-      is imported then, not before). ``unet`` is ``None``: a run whose
+      is imported then, not before). ``denoiser`` is ``None``: a run whose
       decomposer needs attention maps needs a real model.
 
     ``native_size`` is ``latent_size * vae_scale_factor`` px (32 by default,
@@ -481,12 +485,14 @@ class FakeAdapter(FakeCodec):
 
     def __init__(self, *, latent_size: int = 16, vae_scale_factor: int = 2, latent_channels: int = 4,
                  scheduler: Any = None, output: Optional[Callable[..., torch.Tensor]] = None,
-                 pooled: bool = False, model_max_length: int = 77) -> None:
+                 pooled: bool = False, model_max_length: int = 77, guidance: str = "cfg") -> None:
         super().__init__(vae_scale_factor, latent_channels)
+        self.guidance = guidance
+        self.patch_size = 1
         self.native_size = int(latent_size) * self.vae_scale_factor
         self.device = torch.device("cpu")
         self.dtype = torch.float32
-        self.unet = None
+        self.denoiser = None
         self.vae = None
         self.tokenizer = _Tokenizer(model_max_length)
         self.output = output
@@ -507,6 +513,14 @@ class FakeAdapter(FakeCodec):
                                                    timestep_spacing="leading")
             self._pipeline = types.SimpleNamespace(scheduler=scheduler)
         return self._pipeline
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        return int(self.tokenizer.model_max_length)
+
+    def attention_capture(self, factor: int) -> Any:
+        raise RuntimeError("FakeAdapter has no model to record attention from: use a decomposer that does not "
+                           "need attention maps, or a real model")
 
     # -- text --------------------------------------------------------------------------
 
@@ -539,24 +553,27 @@ class FakeAdapter(FakeCodec):
     # -- denoising ---------------------------------------------------------------------
 
     def predict(self, latents: torch.Tensor, timestep: Any, cond: Conditioning,
-                crops_top_left: Optional[torch.Tensor], target_size: tuple[int, int], **residuals: Any) -> torch.Tensor:
+                positions: Optional[torch.Tensor], target_size: tuple[int, int], **extra: Any) -> torch.Tensor:
+        guidance = extra.pop("guidance", None)
         self.calls.append(Call("predict", {
             "views": int(latents.shape[0]), "shape": tuple(latents.shape), "timestep": timestep,
-            "crops_top_left": None if crops_top_left is None else crops_top_left.clone(),
+            "positions": None if positions is None else positions.clone(),
             "target_size": tuple(target_size),
-            "residuals": tuple(sorted(k for k, v in residuals.items() if v is not None)),
+            "residuals": tuple(sorted(k for k, v in extra.items() if v is not None)),
+            "guidance": None if guidance is None else tuple(float(g) for g in guidance),
         }))
         if len(cond) != latents.shape[0]:
             raise ValueError(f"predict got {latents.shape[0]} latents and {len(cond)} conditioning rows")
         if self.output is not None:
-            return self.output(latents, timestep, cond, crops_top_left)
+            return self.output(latents, timestep, cond, positions)
         shape = (-1,) + (1,) * (latents.dim() - 1)
         e = cond.embeds[:, 0, 0].to(latents).view(shape)
-        top = (torch.zeros(latents.shape[0]) if crops_top_left is None else crops_top_left[:, 0].float())
+        top = (torch.zeros(latents.shape[0]) if positions is None
+               else (positions[:, 0] * self.vae_scale_factor).float())
         return latents * (0.5 + e) + 0.001 * top.to(latents).view(shape)
 
     def control_residuals(self, controlnet: Any, latents: torch.Tensor, timestep: Any, cond: Conditioning,
-                          crops_top_left: Optional[torch.Tensor], target_size: tuple[int, int],
+                          positions: Optional[torch.Tensor], target_size: tuple[int, int],
                           images: torch.Tensor, scale: float) -> tuple[list[torch.Tensor], torch.Tensor]:
         self.calls.append(Call("control_residuals", {"views": int(latents.shape[0]), "images": tuple(images.shape),
                                                      "scale": float(scale), "model": controlnet}))
@@ -1406,3 +1423,255 @@ class StructureGuidanceContract(StageContract):
         obj = self.make()
         for request in self.requests():
             check_structure_guidance(obj, request)
+
+
+# -- model families ------------------------------------------------------------------------
+
+
+def _families(host: PluginHost) -> dict[str, Any]:
+    return {f.name: f for f in host.families()}
+
+
+def check_family_registration(plugin: Any, name: str) -> Any:
+    """``plugin`` registers a :class:`~accdiffusion.models.ModelFamily` called
+    ``name`` whose adapter is a :class:`~accdiffusion.models.ModelAdapter`
+    subclass; returns the family."""
+    from accdiffusion.models import ModelAdapter, ModelFamily
+
+    families = _families(host_with(plugin))
+    _expect(name in families, f"no model family {name!r} is registered; registered: {', '.join(sorted(families))}")
+    family = families[name]
+    _expect(isinstance(family, ModelFamily), f"model family {name!r} is a {type(family).__name__}, not a ModelFamily")
+    _expect(issubclass(family.adapter, ModelAdapter), f"model family {name!r}: {family.adapter!r} is not a "
+                                                       "ModelAdapter subclass")
+    _expect(bool(family.pipelines), f"model family {name!r} claims no pipeline class")
+    return family
+
+
+def check_adapter_declarations(adapter: Any) -> None:
+    """The adapter's declarations are usable: a guidance mode the executor
+    knows, positive patch size, latent channels and VAE factor, and a native
+    size that is a whole number of patches of latent pixels."""
+    from accdiffusion.models import GUIDANCE_MODES
+
+    name = type(adapter).__name__
+    _expect(adapter.guidance in GUIDANCE_MODES, f"{name}.guidance={adapter.guidance!r}; allowed: {GUIDANCE_MODES}")
+    for attr in ("patch_size", "latent_channels", "vae_scale_factor", "native_size", "max_prompt_tokens"):
+        value = getattr(adapter, attr)
+        _expect(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                f"{name}.{attr}={value!r}; expected a positive integer")
+    step = adapter.vae_scale_factor * adapter.patch_size
+    _expect(adapter.native_size % step == 0, f"{name}.native_size={adapter.native_size} is not a multiple of "
+                                             f"vae_scale_factor * patch_size = {step}")
+    _expect(adapter.denoiser is not None, f"{name}.denoiser is None")
+
+
+def check_folder_info(family: Any, adapter: Any, folder: Any, host: PluginHost) -> None:
+    """A saved folder of the family is claimed from its configs and read as
+    the loaded adapter sees it (native size, VAE factor, latent channels)."""
+    from accdiffusion.loading import inspect_folder
+
+    info = inspect_folder(str(folder), host.families())
+    _expect(info is not None and info["family"] == family.name,
+            f"the saved folder {folder} is claimed by {None if info is None else info['family']!r}, "
+            f"not {family.name!r}")
+    for key in ("native_size", "vae_scale_factor", "latent_channels"):
+        _expect(info[key] == getattr(adapter, key), f"folder {key}={info[key]!r} but the loaded adapter has "
+                                                    f"{getattr(adapter, key)!r}")
+    _expect((Path(folder) / info["denoiser"] / "config.json").is_file(),
+            f"folder_info names the denoiser folder {info['denoiser']!r}, which has no config.json")
+
+
+def check_text_side(adapter: Any, prompt: str) -> None:
+    """Rows: one per prompt, the same width for prompts and the negative;
+    words: a plain lowercase prompt's words are its whitespace-separated words,
+    each word's tokens in order without overlap."""
+    rows = adapter.encode_prompts([prompt, "a"])
+    neg = adapter.encode_negative(prompt, "")
+    _expect(len(rows) == 2 and len(neg) == 1, f"encode_prompts gave {len(rows)} rows for 2 prompts and "
+                                              f"encode_negative {len(neg)} for 1")
+    _expect(tuple(rows.embeds.shape[2:]) == tuple(neg.embeds.shape[2:]),
+            f"prompt rows {tuple(rows.embeds.shape)} and the negative row {tuple(neg.embeds.shape)} differ in width")
+    _expect((rows.pooled is None) == (neg.pooled is None), "pooled rows are given for prompts or negatives only")
+    tokens = adapter.word_tokens(prompt)
+    words, groups = adapter.word_groups(prompt)
+    _expect(words == tuple(prompt.split()), f"word_groups({prompt!r}) gave words {words}")
+    flat = [k for g in groups for k in g]
+    _expect(flat == sorted(set(flat)) and all(0 <= k < len(tokens) for k in flat),
+            f"word groups {groups} are not increasing token positions of {len(tokens)} tokens")
+    _expect(adapter.prompt_token_count(prompt) >= len(tokens), "prompt_token_count is below the tokens it has")
+
+
+def _views(adapter: Any, n: int, seed: int = 0) -> torch.Tensor:
+    side = adapter.native_size // adapter.vae_scale_factor
+    return torch.randn((n, adapter.latent_channels, side, side), generator=generator(seed))
+
+
+def _schedule(adapter: Any, steps: int = 3) -> Any:
+    from accdiffusion.models.noise import noise_for, view_tokens
+    from accdiffusion.schedulers import fresh_copy
+
+    side = adapter.native_size // adapter.vae_scale_factor
+    sched = fresh_copy(noise_for(adapter, adapter.pipeline.scheduler))
+    sched.set_timesteps(steps, tokens=view_tokens((side, side), adapter.patch_size))
+    return sched
+
+
+def check_predict(adapter: Any) -> None:
+    """Two views at different positions through :meth:`predict`: the views'
+    shape back, float32, finite; the same call twice gives the same answer."""
+    x = _views(adapter, 2)
+    cond = adapter.encode_prompts(["a red circle", "a blue square"])
+    sched = _schedule(adapter)
+    t = sched.timesteps[0]
+    positions = torch.tensor([[0, 0], [adapter.patch_size, 2 * adapter.patch_size]])
+    extra = {"guidance": torch.tensor([3.5, 3.5])} if adapter.guidance == "embedded" else {}
+    target = (2 * adapter.native_size, 2 * adapter.native_size)
+    with torch.inference_mode():
+        out = adapter.predict(sched.scale_model_input(x, t), t, cond, positions, target, **extra)
+        again = adapter.predict(sched.scale_model_input(x, t), t, cond, positions, target, **extra)
+    _expect(tuple(out.shape) == tuple(x.shape), f"predict gave {tuple(out.shape)} for views {tuple(x.shape)}")
+    _expect(out.dtype == torch.float32 and bool(torch.isfinite(out).all()), "predict's output is not finite float32")
+    _expect(torch.equal(out, again), "predict is not deterministic for the same input")
+
+
+def check_noise_schedule(adapter: Any) -> None:
+    """The noise schedule noises less at later timesteps, keeps shapes, and
+    its first timestep's noise level is the start noise's scale."""
+    sched = _schedule(adapter, 4)
+    x0, noise = _views(adapter, 1, 1), _views(adapter, 1, 2)
+    ts = sched.timesteps
+    far = (sched.add_noise(x0, noise, ts[:1]) - x0).norm()
+    near = (sched.add_noise(x0, noise, ts[-1:]) - x0).norm()
+    _expect(bool(far > near), f"add_noise moves x0 by {float(far):.4g} at the first timestep and {float(near):.4g} "
+                              "at the last: later timesteps must noise less")
+    _expect(tuple(sched.scale_model_input(x0, ts[0]).shape) == tuple(x0.shape), "scale_model_input changed the shape")
+    _expect(float(sched.init_noise_sigma) > 0, "init_noise_sigma is not positive")
+
+
+def check_attention_capture(adapter: Any, prompt: str, factor: int = 4) -> None:
+    """Phase-1 capture on one executor call: word maps of the capture's grid,
+    one per word, probabilities (non-negative, summing to at most 1 over the
+    words); the model's output is unchanged by recording."""
+    from accdiffusion.attention import extract_maps
+    from accdiffusion.executor import ViewExecutor, ViewGroup
+
+    side = adapter.native_size // adapter.vae_scale_factor
+    z = _views(adapter, 1, 3)
+    cond = adapter.encode_prompts([prompt])
+    ex = ViewExecutor(adapter, adapter.encode_negative(prompt, ""), (adapter.native_size,) * 2, 4)
+    sched = _schedule(adapter)
+    t = sched.timesteps[0]
+    with torch.inference_mode():
+        plain = ex.evaluate(sched, t, [ViewGroup(z, cond, 5.0)])[0]
+        with adapter.attention_capture(factor) as capture:
+            capture.recorder.cfg = adapter.guidance == "cfg"
+            recorded = ex.evaluate(sched, t, [ViewGroup(z, cond, 5.0)])[0]
+    _expect(bool(torch.allclose(plain, recorded, atol=1e-4, rtol=1e-4)),
+            f"recording changed the output by {float((plain - recorded).abs().max()):.3g}")
+    grid = capture.grid(side, side)
+    maps = extract_maps(capture.recorder, adapter, prompt, side, side, capture.latent_per_map, grid=grid)
+    words, _ = adapter.word_groups(prompt)
+    _expect(tuple(maps.maps.shape) == (*grid, len(words)), f"maps {tuple(maps.maps.shape)}, expected "
+                                                           f"{(*grid, len(words))}")
+    token_total = maps.token_maps.sum(dim=-1)
+    _expect(bool((maps.maps >= 0).all()) and bool((token_total <= 1 + 1e-4).all()),
+            "the maps are not attention probabilities over the prompt's tokens")
+
+
+def check_codec(adapter: Any) -> None:
+    """Latents decode to images of ``vae_scale_factor`` times their size in
+    [-1, 1], and encode back to latents of the same shape."""
+    z = _views(adapter, 1, 4)
+    with torch.inference_mode():
+        image = adapter.decode_latents(z)
+        back = adapter.encode_images(image)
+    f = adapter.vae_scale_factor
+    _expect(tuple(image.shape) == (1, 3, z.shape[2] * f, z.shape[3] * f), f"decoded {tuple(image.shape)}")
+    _expect(float(image.min()) >= -1 and float(image.max()) <= 1, "decoded images leave [-1, 1]")
+    _expect(tuple(back.shape) == tuple(z.shape), f"encoded back to {tuple(back.shape)}, not {tuple(z.shape)}")
+
+
+class ModelFamilyContract:
+    """Tests every model family must pass (the core's ``sdxl`` and ``sd`` do).
+
+    Set on the subclass ``plugin`` (the plugin object registering the family;
+    ``accdiffusion.builtins.BUILTINS`` for the core's) and ``name``, and
+    implement :meth:`save_pipeline`, writing a small pipeline of the family
+    to a folder (random weights are fine). Optionally ``prompt`` (plain
+    lowercase words) and ``attention_factor``; ``records_attention = False``
+    for a family without phase-1 attention capture.
+    """
+
+    plugin: ClassVar[Any] = None
+    name: ClassVar[str] = ""
+    prompt: ClassVar[str] = "a red circle and a blue square"
+    attention_factor: ClassVar[int] = 4
+    records_attention: ClassVar[bool] = True
+
+    def save_pipeline(self, folder: Any) -> None:
+        raise NotImplementedError("save a small pipeline of the family to folder")
+
+    @pytest.fixture(scope="class")
+    def family_folder(self, tmp_path_factory: pytest.TempPathFactory) -> Any:
+        folder = tmp_path_factory.mktemp(f"family-{self.name}")
+        self.save_pipeline(folder)
+        return folder
+
+    @pytest.fixture(scope="class")
+    def family_adapter(self, family_folder: Any) -> Any:
+        from accdiffusion.loading import load_pipeline
+
+        host = host_with(self.plugin)
+        pipeline = load_pipeline(str(family_folder), families=host.families())
+        return host.adapt(pipeline, None)
+
+    def test_registered_by_the_plugin_under_its_name(self) -> None:
+        check_family_registration(self.plugin, self.name)
+
+    def test_claims_its_pipeline(self, family_adapter: Any) -> None:
+        family = _families(host_with(self.plugin))[self.name]
+        _expect(family.claims(family_adapter.pipeline), f"{self.name!r} does not claim its own pipeline")
+        _expect(isinstance(family_adapter, family.adapter), f"the host adapted the pipeline with "
+                                                            f"{type(family_adapter).__name__}, not {family.adapter.__name__}")
+
+    def test_refuses_a_pipeline_of_no_family(self) -> None:
+        with pytest.raises(PluginError, match=f"no model family handles a SimpleNamespace;.*{self.name}"):
+            host_with(self.plugin).adapt(types.SimpleNamespace(), None)
+
+    def test_declarations(self, family_adapter: Any) -> None:
+        check_adapter_declarations(family_adapter)
+
+    def test_folder_is_read_from_its_configs(self, family_adapter: Any, family_folder: Any) -> None:
+        family = _families(host_with(self.plugin))[self.name]
+        check_folder_info(family, family_adapter, family_folder, host_with(self.plugin))
+
+    def test_text_side(self, family_adapter: Any) -> None:
+        check_text_side(family_adapter, self.prompt)
+
+    def test_predict(self, family_adapter: Any) -> None:
+        check_predict(family_adapter)
+
+    def test_noise_schedule(self, family_adapter: Any) -> None:
+        check_noise_schedule(family_adapter)
+
+    def test_attention_capture(self, family_adapter: Any) -> None:
+        if not self.records_attention:
+            with pytest.raises(AccDiffusionError):
+                family_adapter.attention_capture(self.attention_factor)
+            return
+        check_attention_capture(family_adapter, self.prompt, self.attention_factor)
+
+    def test_codec(self, family_adapter: Any) -> None:
+        check_codec(family_adapter)
+
+    def test_a_whole_run_is_reproducible(self, family_adapter: Any) -> None:
+        from accdiffusion.sampler import Sampler
+
+        decomposer = "cross_attention" if self.records_attention else "identical"
+        settings = Settings(prompt=self.prompt, scale=2, steps=2, seed=0, prompt_decomposer=decomposer)
+        host = PluginHost([] if self.plugin is None or self.plugin is _builtins() else [self.plugin])
+        first = Sampler.from_pipeline(family_adapter.pipeline, settings, host=host)(settings)
+        second = Sampler.from_pipeline(family_adapter.pipeline, settings, host=host)(settings)
+        _expect(first.image.size == (2 * family_adapter.native_size,) * 2, f"image {first.image.size}")
+        _expect(torch.equal(first.latents, second.latents), "two runs with one seed differ")
