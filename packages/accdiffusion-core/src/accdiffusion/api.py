@@ -112,7 +112,10 @@ def estimate_cost(settings: Settings, plan: Any, host: PluginHost, overrides: di
     from .schedules import validate_schedule
 
     schedule = host.create("schedule", overrides.get("schedule", settings.schedule), settings)
-    request = schedule_request_for(settings, plan, preflight.folder_timesteps(location, settings.scheduler))
+    from .models.noise import view_tokens
+
+    tokens = view_tokens(plan.latent_sizes[0], int((info or {}).get("patch_size", 1)))
+    request = schedule_request_for(settings, plan, preflight.folder_timesteps(location, settings.scheduler, tokens))
     name = settings.schedule if "schedule" not in overrides else type(overrides["schedule"]).__name__
     schedules = validate_schedule(schedule.plan(request), request, f"schedule {name!r}")
     device = check_device(settings.device)

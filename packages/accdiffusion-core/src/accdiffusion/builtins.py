@@ -1,6 +1,7 @@
 """The core's own stages and model families, registered from one list like any plugin's.
 
-* model families: ``sdxl`` and ``sd`` (:mod:`accdiffusion.models.unet`);
+* model families: ``sdxl`` and ``sd`` (:mod:`accdiffusion.models.unet`), ``flux``
+  (:mod:`accdiffusion.models.flux`);
 * schedules: ``paper`` (default) and ``fast`` (:mod:`accdiffusion.schedules`);
 * structure guidances: ``none`` (default) and ``controlnet``
   (:mod:`accdiffusion.structure`).
@@ -8,6 +9,7 @@
 
 from __future__ import annotations
 
+from .models.flux import FLUX_FAMILY
 from .models.unet import SD_FAMILY, SDXL_FAMILY
 from .registration import StageEntry, StagePlugin
 from .schedules import FastSchedule, PaperSchedule
@@ -15,6 +17,7 @@ from .structure import ControlNetGuidance, NoStructureGuidance
 
 BUILTINS = StagePlugin([
     # families are asked latest registered first: SDXL before SD (single-file checkpoints too)
+    StageEntry("model_family", "flux", FLUX_FAMILY, FLUX_FAMILY.description),
     StageEntry("model_family", "sd", SD_FAMILY, SD_FAMILY.description),
     StageEntry("model_family", "sdxl", SDXL_FAMILY, SDXL_FAMILY.description),
     StageEntry("schedule", "paper", PaperSchedule,

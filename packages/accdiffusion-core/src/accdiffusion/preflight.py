@@ -220,8 +220,10 @@ def estimate(settings: Settings, plan: Plan, schedules: Sequence[PhaseSchedule],
                     available_memory(device))
 
 
-def folder_timesteps(folder: Optional[str], scheduler: str):
-    """``timesteps(n)`` for a ScheduleRequest from a local folder's scheduler config (no weights)."""
+def folder_timesteps(folder: Optional[str], scheduler: str, tokens: Optional[int] = None):
+    """``timesteps(n)`` for a ScheduleRequest from a local folder's scheduler config (no weights);
+    ``tokens``: one view's sequence length, for a flow schedule that shifts by it."""
+    from .models.noise import schedule_for
     from .schedulers import fresh_copy, make_scheduler
 
     def timesteps(n: int) -> tuple[int, ...]:
@@ -229,8 +231,8 @@ def folder_timesteps(folder: Optional[str], scheduler: str):
 
         cfg = _config(Path(folder), "scheduler/scheduler_config.json") if folder else {}
         cls = getattr(diffusers, str(cfg.get("_class_name", "EulerDiscreteScheduler")), diffusers.EulerDiscreteScheduler)
-        sched = fresh_copy(make_scheduler(scheduler, cls.from_config(cfg)))
-        sched.set_timesteps(int(n))
+        sched = fresh_copy(schedule_for(make_scheduler(scheduler, cls.from_config(cfg))))
+        sched.set_timesteps(int(n), tokens=tokens)
         return tuple(int(t) for t in sched.timesteps)
 
     return timesteps
