@@ -135,6 +135,9 @@ def test_plugins_command_lists_every_stage(capsys):
     for name in ("prompt_decomposer:", "cross_attention", "identical", "sliding_window", "window_interaction",
                  "dilated", "none", "bicubic_latent", "pixel", "models:"):
         assert name in out
+    families = out.split("model families (asked in this order):\n")[1].splitlines()
+    assert [line.split()[0] for line in families[:3]] == ["sdxl", "sd", "flux"]
+    assert "(FluxPipeline)  [accdiffusion.builtins]" in families[2]
 
 
 def test_help_shows_every_default(capsys):

@@ -467,6 +467,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         extra = ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in sorted(reg.defaults.items()))
         print(f"    {name:<22} {reg.description or reg.target}{f' (recommends {extra})' if extra else ''}"
               f"  [{reg.plugin}]")
+    print("model families (asked in this order):")
+    for family in host.families():
+        reg = next(r for r in host.registry.family_registrations() if r.target is family)
+        print(f"    {family.name:<22} {family.description} ({', '.join(family.pipelines)})  [{reg.plugin}]")
     print("(* = default)")
     if getattr(args, "options", False):
         print()
