@@ -48,7 +48,7 @@ class OtherAdapter(SDAdapter):
 def test_a_plugin_family_claims_its_pipeline_class_and_a_subclass():
     family = ModelFamily("other", OtherAdapter, ("OtherPipeline",), "a third-party family")
     host = kit.host_with(StagePlugin([StageEntry("model_family", "other", family)]))
-    assert [f.name for f in host.families()] == ["other", "sdxl", "sd", "flux"]  # the plugin's is asked first
+    assert [f.name for f in host.families()] == ["other", "sdxl", "sd", "flux", "sd3"]  # the plugin's is asked first
 
     class Derived(OtherPipeline):
         pass
@@ -104,7 +104,7 @@ def test_a_folder_of_a_registered_family_is_accepted_before_weights_load(tmp_pat
 
     (tmp_path / "model_index.json").write_text('{"_class_name": "OtherPipeline"}')
     with pytest.raises(ModelError, match="holds a 'OtherPipeline'.*supported: StableDiffusionXLPipeline, "
-                                         "StableDiffusionPipeline, FluxPipeline"):
+                                         "StableDiffusionPipeline, FluxPipeline, StableDiffusion3Pipeline"):
         inspect_folder(str(tmp_path))
     (tmp_path / "unet").mkdir()
     (tmp_path / "vae").mkdir()

@@ -118,7 +118,8 @@ def test_adapter_hook_first_result_wins_and_unknown_pipeline_is_refused():
     host = PluginHost([Claims()], entry_points=False)
     assert host.adapt(types.SimpleNamespace(), None) is sentinel
     with pytest.raises(PluginError, match="no model family handles a Tensor; registered families: "
-                                          "sdxl: StableDiffusionXLPipeline; sd: StableDiffusionPipeline; flux: FluxPipeline"):
+                                          "sdxl: StableDiffusionXLPipeline; sd: StableDiffusionPipeline; flux: FluxPipeline; "
+                                          "sd3: StableDiffusion3Pipeline"):
         host.adapt(torch.zeros(1), None)
 
 

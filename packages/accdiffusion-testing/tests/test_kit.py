@@ -621,8 +621,8 @@ def test_family_registration_check_names_the_registered_families() -> None:
     from accdiffusion.builtins import BUILTINS
 
     assert kit.check_family_registration(BUILTINS, "sdxl").name == "sdxl"
-    with pytest.raises(AssertionError, match="no model family 'sd3' is registered; registered: flux, sd, sdxl"):
-        kit.check_family_registration(BUILTINS, "sd3")
+    with pytest.raises(AssertionError, match="no model family 'kolors' is registered; registered: flux, sd, sd3, sdxl"):
+        kit.check_family_registration(BUILTINS, "kolors")
 
 
 def test_noise_schedule_check_catches_a_schedule_that_noises_more_later() -> None:

@@ -105,3 +105,53 @@ def make_tiny_flux(folder: str | Path, *, seed: int = 0, guidance_embeds: bool =
         (folder / tmp).rmdir()
     json.loads((folder / "model_index.json").read_text())  # written whole
     return folder
+
+
+#: The tiny SD3 model's native size in pixels and latent side.
+SD3_NATIVE_SIZE = 32
+SD3_LATENT_SIZE = 8
+
+
+def make_tiny_sd3(folder: str | Path, *, seed: int = 0) -> Path:
+    """Write a tiny random-weight ``StableDiffusion3Pipeline`` to ``folder``:
+    a two-block ``SD3Transformer2DModel`` (patch size 2, native 32 px), a
+    three-level VAE (factor 4, 16 latent channels, SD3's scaling and shift),
+    two offline CLIP encoders with projections and the tiny T5, and SD3's
+    ``FlowMatchEulerDiscreteScheduler`` (static shift 3.0)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, \
+        StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel, T5TokenizerFast
+
+    from .models import _text_config, _tokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    clip_tok = _tokenizer(folder / "_clip_tokenizer")
+    t5_tok = T5TokenizerFast.from_pretrained(write_t5_tokenizer(folder / "_t5_tokenizer"))
+    torch.manual_seed(seed)
+    clip_l = CLIPTextModelWithProjection(_text_config(clip_tok, projection_dim=16, hidden_act="gelu",
+                                                      hidden_size=16)).eval()
+    clip_g = CLIPTextModelWithProjection(_text_config(clip_tok, projection_dim=16, hidden_act="gelu",
+                                                      hidden_size=16)).eval()
+    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tok), d_model=32, d_kv=8, d_ff=37, num_layers=1, num_heads=4,
+                                 relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
+                                 decoder_start_token_id=0)).eval()
+    transformer = SD3Transformer2DModel(sample_size=SD3_LATENT_SIZE, patch_size=2, in_channels=16, num_layers=2,
+                                        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
+                                        caption_projection_dim=16, pooled_projection_dim=32, out_channels=16,
+                                        pos_embed_max_size=16).eval()
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+                        up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 16, 16),
+                        layers_per_block=1, latent_channels=16, norm_num_groups=4, sample_size=SD3_NATIVE_SIZE,
+                        scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False,
+                        use_post_quant_conv=False).eval()
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
+        vae=vae, text_encoder=clip_l, tokenizer=clip_tok, text_encoder_2=clip_g, tokenizer_2=clip_tok,
+        text_encoder_3=t5, tokenizer_3=t5_tok)
+    pipe.save_pretrained(folder)
+    for tmp in ("_clip_tokenizer", "_t5_tokenizer"):
+        for f in sorted((folder / tmp).iterdir()):
+            f.unlink()
+        (folder / tmp).rmdir()
+    return folder

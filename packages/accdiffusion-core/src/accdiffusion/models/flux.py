@@ -27,20 +27,15 @@ What differs from the UNet families, all of it inside this module:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 
 from ..attention import AttentionRecorder
-from ..configs import positive_int, read_config, vae_scale_factor
-from ..errors import ModelError
 from ..types import Conditioning
-from .base import ModelAdapter, ModelFamily
-from .noise import FlowMatchNoise, schedule_for
+from .base import ModelFamily
+from .flow import FlowTransformerAdapter, JointAttentionCapture
 
-#: FluxPipeline's default latent side (1024 px at a VAE factor of 8).
-DEFAULT_SAMPLE_SIZE = 128
 #: The longest T5 prompt FLUX.1 is used with.
 MAX_SEQUENCE_LENGTH = 512
 
@@ -107,71 +102,25 @@ class RecordingJointProcessor:
         self.recorder.add(scores.softmax(dim=-1))
 
 
-class JointAttentionCapture:
-    """Records phase 1's image-to-text attention in every double-stream block
-    of a ``FluxTransformer2DModel`` and restores the processors on exit.
+class FluxJointCapture(JointAttentionCapture):
+    """Phase-1 image-to-text attention of every double-stream block of a
+    ``FluxTransformer2DModel`` (T5 has no BOS: the prompt starts at text position 0)."""
 
-    Maps have one pixel per token, ``(h/2, w/2)`` for an ``h x w`` latent
-    (:meth:`grid`), each covering 2 latent pixels; T5 has no BOS token, so the
-    prompt's tokens start at text position 0."""
-
-    latent_per_map = 2
-
-    def __init__(self, transformer: Any) -> None:
-        self.transformer = transformer
-        self.recorder = AttentionRecorder(first_token=0)
-        self.blocks = list(getattr(transformer, "transformer_blocks", ()))
-        if not self.blocks:
-            raise ModelError("the FLUX transformer has no double-stream blocks to read joint attention from")
-        self._saved: list[Any] = []
-
-    def grid(self, height: int, width: int) -> tuple[int, int]:
-        return height // 2, width // 2
-
-    def __enter__(self) -> "JointAttentionCapture":
-        self._saved = [block.attn.processor for block in self.blocks]
-        for block, original in zip(self.blocks, self._saved):
-            block.attn.processor = RecordingJointProcessor(original, self.recorder)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for block, original in zip(self.blocks, self._saved):
-            block.attn.processor = original
-        self._saved = []
+    processor = RecordingJointProcessor
 
 
-class FluxAdapter(ModelAdapter):
+class FluxAdapter(FlowTransformerAdapter):
     """FLUX.1-dev / schnell through diffusers' ``FluxPipeline``."""
 
     family = "flux"
-    patch_size = 2
+    packed = 4
+    label = "FLUX"
 
     def __init__(self, pipeline: Any) -> None:
         super().__init__(pipeline)
-        self.transformer = pipeline.transformer
-        self.denoiser = self.transformer
-        config = self.transformer.config
         self.tokenizer = pipeline.tokenizer_2  # the T5 tokens are the joint attention's text tokens
-        self.latent_channels = int(config.in_channels) // 4
-        sample = config.get("sample_size") if hasattr(config, "get") else getattr(config, "sample_size", None)
-        sample = sample if positive_int(sample) else int(getattr(pipeline, "default_sample_size", DEFAULT_SAMPLE_SIZE))
-        self.native_size = int(sample) * self.vae_scale_factor
-        self.guidance = "embedded" if bool(config.guidance_embeds) else "cfg"
+        self.guidance = "embedded" if bool(self.transformer.config.guidance_embeds) else "cfg"
         self.max_sequence_length = min(MAX_SEQUENCE_LENGTH, int(self.tokenizer.model_max_length))
-
-    @classmethod
-    def folder_info(cls, folder: Path, location: str) -> dict[str, Any]:
-        transformer = read_config(folder, "transformer/config.json", location)
-        channels = transformer.get("in_channels")
-        if not (positive_int(channels) and channels % 4 == 0):
-            raise ModelError(f"model folder {location!r}: transformer/config.json key 'in_channels' is "
-                             f"{'missing' if 'in_channels' not in transformer else repr(channels)}; "
-                             "expected a positive multiple of 4 (2x2 packed latent channels)")
-        vae_factor = vae_scale_factor(folder, location)
-        sample = transformer.get("sample_size")
-        sample = sample if positive_int(sample) else DEFAULT_SAMPLE_SIZE
-        return {"native_size": sample * vae_factor, "vae_scale_factor": vae_factor,
-                "latent_channels": channels // 4, "denoiser": "transformer", "patch_size": cls.patch_size}
 
     @property
     def max_prompt_tokens(self) -> int:
@@ -191,17 +140,9 @@ class FluxAdapter(ModelAdapter):
 
     # -- denoising ----------------------------------------------------------------------
 
-    def noise_schedule(self, scheduler: Any) -> FlowMatchNoise:
-        noise = schedule_for(scheduler)
-        if not isinstance(noise, FlowMatchNoise):
-            raise ModelError(f"FLUX is a flow-matching model: the scheduler {type(scheduler).__name__} does not fit "
-                             "it; allowed: --scheduler default (its FlowMatchEulerDiscreteScheduler)")
-        return noise
-
     def predict(self, latents, timestep, cond, positions, target_size, **extra):
         guidance = extra.pop("guidance", None)
-        if any(v is not None for v in extra.values()):
-            raise ModelError("FLUX takes no ControlNet residuals here; allowed: --structure-guidance none")
+        self._refuse_residuals(extra)
         n, _, h, w = latents.shape
         dtype, device = self.dtype, self.device
         t = torch.as_tensor(timestep, dtype=torch.float32).reshape(-1)[:1].expand(n)
@@ -221,9 +162,9 @@ class FluxAdapter(ModelAdapter):
         )[0]
         return unpack(out.float(), h, w)
 
-    def attention_capture(self, factor: int) -> JointAttentionCapture:
+    def attention_capture(self, factor: int) -> FluxJointCapture:
         """Joint-attention capture in every double-stream block (``factor`` is a UNet setting, not used)."""
-        return JointAttentionCapture(self.transformer)
+        return FluxJointCapture(self.transformer)
 
 
 FLUX_FAMILY = ModelFamily("flux", FluxAdapter, ("FluxPipeline",),
