@@ -141,3 +141,54 @@ def test_accdiffusion_runs_on_flux_with_patch_prompts_from_joint_attention(flux,
                      guidance_scale=3.5, save_stages=False)
     assert torch.equal(result.latents, again.latents)
     assert result.record["model"]["family"] == "flux"
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+@pytest.mark.parametrize("start", [0, 3, 6])
+def test_flow_phase_started_mid_schedule_lands_on_x0_with_a_perfect_denoiser(dynamic, start):
+    """Noise inversion to the phase's start sigma, then Euler steps with the
+    exact velocity ``noise - x0``: the phase ends on ``x0``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from accdiffusion.sampler import phase_schedulers, scheduler_step
+    from accdiffusion.types import PhaseSchedule
+
+    config = dict(shift=3.0, use_dynamic_shifting=dynamic, base_image_seq_len=256, max_image_seq_len=4096,
+                  base_shift=0.5, max_shift=1.15)
+    base = FlowMatchEulerDiscreteScheduler(**config)
+    sched, noiser, timesteps = phase_schedulers(base, PhaseSchedule(steps=8, start=start), tokens=1024)
+    x0 = torch.randn(1, 16, 8, 8, generator=kit.generator(5))
+    noise = torch.randn(1, 16, 8, 8, generator=kit.generator(6))
+    z = noiser.add_noise(x0, noise, timesteps[:1])
+    assert len(timesteps) == 8 - start
+    for t in timesteps:
+        z = scheduler_step(sched, noise - x0, t, z, None)
+    assert torch.allclose(z, x0, atol=1e-5)
+
+
+COMBINATIONS = [
+    dict(),
+    dict(schedule="fast"),
+    dict(prompt_decomposer="instance"),
+    dict(prompt_decomposer="identical", global_guidance="dilated"),
+    dict(global_guidance="none"),
+    dict(upscaler="pixel", skip_residual=False),
+]
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+@pytest.mark.parametrize("options", COMBINATIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+def test_every_stage_combination_runs_on_flux_and_sd3(flux, scale, options, tmp_path_factory):
+    from accdiffusion import generate
+    from accdiffusion_testing.tiny_flux import make_tiny_sd3
+
+    folder, _ = flux
+    sd3 = tmp_path_factory.getbasetemp() / "sd3-combinations"
+    if not (sd3 / "model_index.json").is_file():
+        make_tiny_sd3(sd3)
+    for model in (folder, sd3):
+        result = generate("a red circle and a blue square", model=str(model), scale=scale, steps=3, seed=1,
+                          guidance_scale=3.5, **options)
+        assert result.image.size == (32 * scale, 32 * scale)
+        assert [p.scale for p in result.phases] == list(range(1, scale + 1))
+        assert torch.isfinite(result.latents).all()
