@@ -24,6 +24,9 @@ PROMPT = "a red circle and a blue square"
 JOBS = {
     "sdxl": ["--scale", "3", "--steps", "3", "--seed", "5", "--view-batch-size", "4"],
     "shapes": ["--scale", "2", "--steps", "3", "--seed", "7", "--view-batch-size", "4"],
+    # a flow transformer with embedded guidance: one row per view
+    "flux": ["--scale", "2", "--steps", "3", "--seed", "4", "--view-batch-size", "4", "--guidance-scale", "3.5",
+             "--multi-guidance-scale", "3.5"],
 }
 
 
@@ -41,7 +44,9 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_two_processes_make_the_single_process_image(tiny_sdxl_path, tmp_path):
-    models = {"sdxl": str(tiny_sdxl_path), "shapes": "shapes"}
+    from accdiffusion_testing.tiny_flux import make_tiny_flux
+
+    models = {"sdxl": str(tiny_sdxl_path), "shapes": "shapes", "flux": str(make_tiny_flux(tmp_path / "flux-model"))}
     jobs = [{"label": label, "argv": ["generate", PROMPT, "--model", models[label], "--output",
                                       str(tmp_path / label), "--name", "run", "-q", *argv]}
             for label, argv in JOBS.items()]
@@ -51,8 +56,11 @@ def test_two_processes_make_the_single_process_image(tiny_sdxl_path, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for label, argv in JOBS.items():
         opts = dict(zip(argv[::2], argv[1::2]))
+        guidance = {key: float(opts[flag]) for key, flag in (("guidance_scale", "--guidance-scale"),
+                                                              ("multi_guidance_scale", "--multi-guidance-scale"))
+                    if flag in opts}
         single = generate(PROMPT, model=models[label], scale=int(opts["--scale"]), steps=int(opts["--steps"]),
-                          seed=int(opts["--seed"]), view_batch_size=int(opts["--view-batch-size"]))
+                          seed=int(opts["--seed"]), view_batch_size=int(opts["--view-batch-size"]), **guidance)
         for rank in (0, 1):
             latents = torch.load(tmp_path / f"{label}.rank{rank}.pt")
             assert torch.equal(latents, single.latents), (label, rank, (latents - single.latents).abs().max())

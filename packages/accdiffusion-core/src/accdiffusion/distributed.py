@@ -33,7 +33,7 @@ import attrs
 import torch
 
 from .errors import DistributedError
-from .executor import ViewExecutor, ViewGroup
+from .executor import ViewExecutor, ViewGroup, guidance_mode
 from .types import Conditioning
 
 #: Seconds a collective may wait for the other ranks (``ACCDIFFUSION_DIST_TIMEOUT`` overrides).
@@ -137,9 +137,10 @@ def close_distributed() -> None:
     _timeout = None
 
 
-def chunk_evaluations(segments: list[tuple[ViewGroup, int, int]]) -> int:
-    """UNet evaluations of one chunk: each view once, once more for its CFG half."""
-    return sum((hi - lo) * (2 if g.guidance_scale > 1.0 else 1) for g, lo, hi in segments)
+def chunk_evaluations(segments: list[tuple[ViewGroup, int, int]], embedded: bool = False) -> int:
+    """UNet evaluations of one chunk: each view once, once more for its CFG half
+    (none with ``embedded`` guidance, where the scale is a model input)."""
+    return sum((hi - lo) * (2 if g.guidance_scale > 1.0 and not embedded else 1) for g, lo, hi in segments)
 
 
 class DistributedViewExecutor(ViewExecutor):
@@ -189,7 +190,7 @@ class DistributedViewExecutor(ViewExecutor):
                 outs[i] = self._chunk(xs[i], timestep, segments)
                 self.local_evaluations += self.evaluations - before
             else:
-                self.evaluations += chunk_evaluations(segments)
+                self.evaluations += chunk_evaluations(segments, guidance_mode(self.adapter) == "embedded")
         if n > 1:
             self._exchange(outs, chunks, latents, timestep)
         self.steps += 1
