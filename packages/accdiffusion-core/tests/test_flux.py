@@ -192,3 +192,24 @@ def test_every_stage_combination_runs_on_flux_and_sd3(flux, scale, options, tmp_
         assert result.image.size == (32 * scale, 32 * scale)
         assert [p.scale for p in result.phases] == list(range(1, scale + 1))
         assert torch.isfinite(result.latents).all()
+
+
+def test_a_prompt_beyond_the_text_window_warns_naming_what_is_dropped(flux, tiny_sd15_pipeline):
+    from accdiffusion.models import SDAdapter
+
+    _, pipe = flux
+    words = " ".join(["red", "blue", "green", "circle"] * 8) + " and a yellow star"  # 36 words
+    flux_adapter = FluxAdapter(pipe)
+    kept = flux_adapter.word_tokens(words)
+    assert len(kept) == 31  # T5 window 32 without its </s>
+    assert flux_adapter.dropped_text(words) == "circle and a yellow star"
+    assert flux_adapter.dropped_text("a red circle") == ""
+    sd = SDAdapter(tiny_sd15_pipeline)
+    long_prompt = " ".join(["red"] * 75) + " and a yellow star"
+    assert sd.dropped_text(long_prompt) == "and a yellow star"  # CLIP: 75 tokens between BOS and EOS
+
+    from accdiffusion import generate
+
+    folder, _ = flux
+    result = generate(words, model=str(folder), steps=1, seed=0, guidance_scale=3.5)
+    assert any("dropped: 'circle and a yellow star'" in w for w in result.warnings)

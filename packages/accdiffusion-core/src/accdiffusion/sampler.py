@@ -345,8 +345,9 @@ class Sampler:
         run = self.start(settings)
         warnings: list[str] = []
         if a.prompt_token_count(settings.prompt) > a.max_prompt_tokens:
+            dropped = a.dropped_text(settings.prompt) if hasattr(a, "dropped_text") else ""
             warnings.append(f"prompt is longer than the text encoder's {a.max_prompt_tokens} tokens; "
-                            "the rest is ignored")
+                            + (f"dropped: {dropped!r}" if dropped else "the rest is ignored"))
         t0, n0 = time.perf_counter(), run.executor.evaluations
         first = self.run_phase1(run, init_image, progress)
         phases = [PhaseInfo(1, run.plan.latent_sizes[0], time.perf_counter() - t0,

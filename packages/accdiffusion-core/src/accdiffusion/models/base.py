@@ -91,9 +91,10 @@ class ModelAdapter:
         """Tokens the first text encoder sees (BOS/EOS included)."""
         return int(self.tokenizer.model_max_length)
 
-    def _token_ids(self, prompt: str) -> list[int]:
+    def _token_ids(self, prompt: str, truncate: bool = True) -> list[int]:
         """The first tokenizer's ids of ``prompt`` without BOS/EOS, truncated to its window."""
-        ids = self.tokenizer(prompt, truncation=True, max_length=self.max_prompt_tokens).input_ids
+        kwargs = {"truncation": True, "max_length": self.max_prompt_tokens} if truncate else {}
+        ids = self.tokenizer(prompt, **kwargs).input_ids
         special = set(getattr(self.tokenizer, "all_special_ids", ()) or ())
         ids = list(ids)
         if ids and getattr(self.tokenizer, "bos_token_id", None) is not None and ids[0] == self.tokenizer.bos_token_id:
@@ -115,6 +116,11 @@ class ModelAdapter:
         in :meth:`word_tokens` (:func:`accdiffusion.models.text.word_groups`:
         CLIP ``</w>`` marks, SentencePiece ``\u2581`` marks, else one word per token)."""
         return text.word_groups(self.tokenizer, self._token_ids(prompt))
+
+    def dropped_text(self, prompt: str) -> str:
+        """The end of ``prompt`` beyond the text encoder's window, decoded (empty when it fits)."""
+        kept, full = self._token_ids(prompt), self._token_ids(prompt, truncate=False)
+        return self.tokenizer.decode(full[len(kept):]).strip() if len(full) > len(kept) else ""
 
     def prompt_token_count(self, prompt: str) -> int:
         """Number of tokens of ``prompt`` including BOS/EOS, untruncated."""
