@@ -213,3 +213,15 @@ def test_a_prompt_beyond_the_text_window_warns_naming_what_is_dropped(flux, tiny
     folder, _ = flux
     result = generate(words, model=str(folder), steps=1, seed=0, guidance_scale=3.5)
     assert any("dropped: 'circle and a yellow star'" in w for w in result.warnings)
+
+
+def test_a_negative_prompt_with_embedded_guidance_is_reported_unused(flux):
+    from accdiffusion import generate
+
+    folder, _ = flux
+    result = generate("a red circle", model=str(folder), steps=1, seed=0, negative_prompt="a blue square")
+    assert any("negative_prompt='a blue square' is not used: the flux model takes the guidance scale as an input"
+               in w for w in result.warnings)
+    assert result.phases[0].unet_evaluations == 1  # one pass per view: no negative rows
+    plain = generate("a red circle", model=str(folder), steps=1, seed=0)
+    assert not any("negative_prompt" in w for w in plain.warnings)

@@ -40,7 +40,7 @@ from .errors import PluginError, SettingsError
 from .plugins import PluginHost
 from .schedules import PaperSchedule, validate_schedule
 from .schedulers import fresh_copy, make_scheduler
-from .settings import Plan, Settings, plan_sizes
+from .settings import DEFAULT_NEGATIVE_PROMPT, Plan, Settings, plan_sizes
 from .stages import STAGES
 from .types import (
     AttentionMaps,
@@ -348,6 +348,9 @@ class Sampler:
             dropped = a.dropped_text(settings.prompt) if hasattr(a, "dropped_text") else ""
             warnings.append(f"prompt is longer than the text encoder's {a.max_prompt_tokens} tokens; "
                             + (f"dropped: {dropped!r}" if dropped else "the rest is ignored"))
+        if guidance_mode(a) == "embedded" and settings.negative_prompt not in ("", DEFAULT_NEGATIVE_PROMPT):
+            warnings.append(f"negative_prompt={settings.negative_prompt!r} is not used: the {a.family} model takes "
+                            "the guidance scale as an input and runs one pass per view, without negative rows")
         t0, n0 = time.perf_counter(), run.executor.evaluations
         first = self.run_phase1(run, init_image, progress)
         phases = [PhaseInfo(1, run.plan.latent_sizes[0], time.perf_counter() - t0,
