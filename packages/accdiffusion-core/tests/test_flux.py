@@ -225,3 +225,23 @@ def test_a_negative_prompt_with_embedded_guidance_is_reported_unused(flux):
     assert result.phases[0].unet_evaluations == 1  # one pass per view: no negative rows
     plain = generate("a red circle", model=str(folder), steps=1, seed=0)
     assert not any("negative_prompt" in w for w in plain.warnings)
+
+
+def test_a_size_whose_phases_the_patches_do_not_divide_is_refused_before_loading(flux, monkeypatch):
+    from accdiffusion import generate
+    from accdiffusion.errors import SettingsError
+
+    folder, _ = flux
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("accdiffusion.api.load_pipeline", no_loading)
+    # 72 x 40 px: phase 1 would be 20 x 36 px, a 5 x 9 latent that 2x2 patches do not divide
+    with pytest.raises(SettingsError, match="height=72 width=40 is not allowed for this model: phase 1 would be "
+                                            "20x36 px \\(5x9 latent\\), which its 2x2 patches do not divide; "
+                                            "allowed: a height and width that are multiples of 16 px at factor 2"):
+        generate("a red circle", model=str(folder), height=72, width=40, steps=1)
+    monkeypatch.undo()
+    result = generate("a red circle", model=str(folder), height=64, width=48, steps=1, seed=0)
+    assert result.image.size == (48, 64)

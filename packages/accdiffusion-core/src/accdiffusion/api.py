@@ -149,7 +149,7 @@ def estimate_run(prompt: str, *, model: Optional[str] = None, host: Optional[Plu
     if info is None:
         raise ModelError(f"model {location!r} is not a local diffusers folder: a cost estimate reads the "
                          "folder's configs (download it first, or pass a registered model name)")
-    plan = plan_sizes(settings, info["native_size"], info["vae_scale_factor"])
+    plan = plan_sizes(settings, info["native_size"], info["vae_scale_factor"], int(info.get("patch_size", 1)))
     return estimate_cost(settings, plan, host, overrides, location, info)
 
 
@@ -245,7 +245,7 @@ def generate(
             location = resolve_model(model, host)
             info = inspect_folder(location, host.families())
             if info is not None:
-                plan = plan_sizes(settings, info["native_size"], info["vae_scale_factor"])
+                plan = plan_sizes(settings, info["native_size"], info["vae_scale_factor"], int(info.get("patch_size", 1)))
                 size = (plan.height, plan.width)
                 preflight.check(estimate_cost(settings, plan, host, overrides, location, info), settings)
             pipeline = load_pipeline(location, settings.dtype, settings.device, offload=settings.offload,

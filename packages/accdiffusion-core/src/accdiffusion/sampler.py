@@ -320,7 +320,7 @@ class Sampler:
         if not settings.local_path and self.global_guidance is None:
             raise SettingsError("local_path=False with global_guidance='none' leaves nothing to sample: "
                                 "keep the local path or choose a global guidance")
-        plan = plan_sizes(settings, a.native_size, a.vae_scale_factor)
+        plan = plan_sizes(settings, a.native_size, a.vae_scale_factor, int(getattr(a, "patch_size", 1) or 1))
         base = self.noise_schedule(settings)
         schedules = self.plan_schedule(settings, plan, base)
         preflight.check(preflight.estimate(settings, plan, schedules, device=str(a.device),

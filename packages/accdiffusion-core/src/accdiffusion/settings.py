@@ -226,13 +226,14 @@ class Plan:
         return self.latent_sizes[self.scales.index(scale)]
 
 
-def plan_sizes(settings: Settings, native: int, vae_scale_factor: int) -> Plan:
+def plan_sizes(settings: Settings, native: int, vae_scale_factor: int, patch_size: int = 1) -> Plan:
     """Resolve the phases of a run (method section 0).
 
     ``S = floor(max(H, W) / native)``; phase 1 runs at ``(H/S, W/S)``; phase
     ``s`` at ``s/S`` of the target, the last one exactly at the target size.
-    Raises :class:`SettingsError` for a size below the native size or a stride
-    larger than the window.
+    Raises :class:`SettingsError` for a size below the native size, a stride
+    larger than the window, or a phase whose latent the model's
+    ``patch_size`` does not divide.
     """
     height = settings.height if settings.height is not None else settings.scale * native
     width = settings.width if settings.width is not None else settings.scale * native
@@ -262,4 +263,13 @@ def plan_sizes(settings: Settings, native: int, vae_scale_factor: int) -> Plan:
             return (lat_h, lat_w)
         return (max(1, round(lat_h * s / factor)), max(1, round(lat_w * s / factor)))
 
-    return Plan(height, width, native, vae_scale_factor, factor, scales, tuple(size(s) for s in scales), window, stride)
+    sizes = tuple(size(s) for s in scales)
+    for s, (h, w) in zip(scales, sizes):
+        if patch_size > 1 and (h % patch_size or w % patch_size):
+            step = patch_size * vae_scale_factor * factor
+            raise SettingsError(
+                f"height={height} width={width} is not allowed for this model: phase {s} would be "
+                f"{w * vae_scale_factor}x{h * vae_scale_factor} px ({w}x{h} latent), which its {patch_size}x"
+                f"{patch_size} patches do not divide; allowed: a height and width that are multiples of {step} px "
+                f"at factor {factor}")
+    return Plan(height, width, native, vae_scale_factor, factor, scales, sizes, window, stride)
